@@ -1,0 +1,62 @@
+"""Add-on preferences: where models, the worker Python and the cache live."""
+
+import bpy
+
+# The add-on's own module name: "blender_unsample" from a checkout, "bl_ext.<repo>.unsample"
+# when installed as an extension. Preferences are registered under it.
+ADDON_ID = __package__.rpartition(".")[0]
+
+
+class UnsamplePreferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_ID
+
+    worker_python: bpy.props.StringProperty(
+        name="Worker Python",
+        description=(
+            "Python that runs the diffusion worker. Empty: Blender's own Python with the bundled "
+            "packages. Or an existing environment that already has torch (e.g. ComfyUI's)"
+        ),
+        subtype="FILE_PATH",
+    )
+    device: bpy.props.EnumProperty(
+        name="Device",
+        items=(
+            ("auto", "Automatic", "NVIDIA GPU if present, then Apple GPU, then the CPU"),
+            ("cuda", "NVIDIA GPU (CUDA)", "Half precision on the first CUDA device"),
+            ("mps", "Apple GPU (MPS)", "Metal on Apple Silicon"),
+            ("cpu", "CPU", "Slow, but works everywhere"),
+        ),
+        default="auto",
+    )
+    models_folder: bpy.props.StringProperty(
+        name="Models Folder",
+        description="Folder searched for local checkpoints, motion modules and ControlNets",
+        subtype="DIR_PATH",
+    )
+    cache_folder: bpy.props.StringProperty(
+        name="Cache Folder",
+        description="Job folders and cached unsampled latents. Empty: the extension's user folder",
+        subtype="DIR_PATH",
+    )
+    allow_downloads: bpy.props.BoolProperty(
+        name="Download Missing Models",
+        description="Fetch default models from the Hugging Face Hub (also needs Allow Online Access)",
+        default=True,
+    )
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(self, "worker_python")
+        layout.prop(self, "device")
+        layout.prop(self, "models_folder")
+        layout.prop(self, "cache_folder")
+        row = layout.row()
+        row.prop(self, "allow_downloads")
+        if not bpy.app.online_access:
+            row.active = False
+            layout.label(text="Online access is off in Blender's System preferences", icon="INFO")
+
+
+classes = (UnsamplePreferences,)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -1,0 +1,116 @@
+"""Turn a diffusers UNet into a k-diffusion style denoiser with classifier-free guidance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """An encoded prompt: cross-attention states, and for SDXL the pooled/size conditioning."""
+
+    embeds: torch.Tensor  # (1, tokens, dim)
+    added: dict[str, torch.Tensor] | None = None  # SDXL: {"text_embeds": (1, 1280), "time_ids": (1, 6)}
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What one sampling pass conditions on: a prompt, an optional negative one, and CFG scale."""
+
+    cond: Conditioning
+    uncond: Conditioning | None = None
+    scale: float = 1.0
+
+    @property
+    def uses_uncond(self) -> bool:
+        # At scale 1 the uncond term cancels out exactly: skip its model call.
+        return self.uncond is not None and self.scale != 1.0
+
+
+def training_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Sigmas of the discrete training timesteps, on the variance-exploding scale."""
+    alphas_cumprod = alphas_cumprod.to(torch.float64)
+    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+
+
+class UNetDenoiser:
+    """``denoised = self(x, sigma, guidance=...)`` over an eps- or v-predicting diffusers UNet.
+
+    Works for image UNets (x is B, C, H, W) and motion UNets (x is B, C, F, H, W). The sampler's
+    x stays in its own dtype (float32); only the UNet input is cast to the UNet's dtype.
+    """
+
+    def __init__(self, unet: Any, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon") -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unsupported prediction type {prediction_type!r}; use one of {PREDICTION_TYPES}")
+        self.unet = unet
+        self.prediction_type = prediction_type
+        self.sigmas = training_sigmas(alphas_cumprod)
+        self._log_sigmas = np.log(self.sigmas.numpy())
+        self.calls = 0  # UNet forward passes made (a CFG batch of two counts as one)
+
+    @classmethod
+    def from_scheduler(cls, unet: Any, scheduler: Any) -> UNetDenoiser:
+        """Build from any diffusers scheduler: it knows the training betas and prediction type."""
+        return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sigma_to_timestep(self, sigma: float) -> float:
+        """The fractional training timestep whose sigma is ``sigma`` (log-sigma interpolation)."""
+        return float(np.interp(np.log(sigma), self._log_sigmas, np.arange(len(self._log_sigmas))))
+
+    def __call__(self, x: torch.Tensor, sigma: float, guidance: Guidance, **unet_kwargs: Any) -> torch.Tensor:
+        batch = x.shape[0]
+        parts = [guidance.cond]
+        if guidance.uses_uncond and guidance.uncond is not None:
+            parts.insert(0, guidance.uncond)
+        model_input = (x / (sigma**2 + 1) ** 0.5).to(self.unet.dtype)
+        if len(parts) == 2:
+            model_input = torch.cat([model_input, model_input])
+        # Motion UNets attend to the prompt once per frame: they take B * F prompt states.
+        per_batch = batch * x.shape[2] if x.ndim == 5 else batch
+        embeds = torch.cat([p.embeds.expand(per_batch, -1, -1) for p in parts]).to(model_input.device, self.unet.dtype)
+        added = _batched_added_conditioning(parts, batch, model_input.device, self.unet.dtype)
+        timestep = torch.tensor(self.sigma_to_timestep(sigma), dtype=torch.float32, device=model_input.device)
+
+        output = self.unet(
+            model_input,
+            timestep,
+            encoder_hidden_states=embeds,
+            added_cond_kwargs=added,
+            return_dict=False,
+            **unet_kwargs,
+        )[0].to(x.dtype)
+        self.calls += 1
+
+        if self.prediction_type == "epsilon":
+            denoised = x - sigma * output.reshape(len(parts), *x.shape)
+        else:  # v_prediction: x0 = x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1)
+            v = output.reshape(len(parts), *x.shape)
+            denoised = x / (sigma**2 + 1) - v * (sigma / (sigma**2 + 1) ** 0.5)
+        if len(parts) == 1:
+            return denoised[0]
+        uncond, cond = denoised.unbind(0)
+        return torch.lerp(uncond, cond, guidance.scale)
+
+
+def _batched_added_conditioning(
+    parts: list[Conditioning], batch: int, device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor] | None:
+    added = [p.added for p in parts]
+    if any(a is None for a in added):
+        return None
+    return {key: torch.cat([a[key].expand(batch, -1) for a in added]).to(device, dtype) for key in added[0]}

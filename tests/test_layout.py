@@ -1,0 +1,65 @@
+"""The two rules that hold the house together, and the repository's shape."""
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "blender_unsample"
+HEAVY = {"torch", "diffusers", "transformers", "safetensors", "accelerate", "huggingface_hub"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "engine").rglob("*.py")), ids=lambda p: p.name)
+def test_engine_never_imports_bpy(path):
+    assert not imported_modules(path) & {"bpy", "bpy_extras", "mathutils", "addon_utils"}
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "addon").rglob("*.py")), ids=lambda p: p.name)
+def test_addon_never_imports_torch_or_model_libraries(path):
+    assert not imported_modules(path) & HEAVY
+
+
+def test_importing_the_package_loads_neither_bpy_nor_torch():
+    code = "import sys, blender_unsample; print(sorted({'bpy', 'torch'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_top_level_holds_exactly_the_planned_entries():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    untracked = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    top = {line.split("/")[0] for line in (tracked + untracked).splitlines() if line}
+    assert top == {
+        "blender_unsample", "wheels", "tests", "blender_manifest.toml", "build.py", "README.md",
+        ".ci", "pyproject.toml", ".gitignore", "LICENSE",
+    }  # fmt: skip
+
+
+def test_built_wheels_are_ignored_but_the_folder_is_kept():
+    assert (ROOT / "wheels" / "README.md").exists()
+    ignored = subprocess.run(["git", "check-ignore", "-q", "wheels/torch-2.13.0-cp311-none-any.whl"], cwd=ROOT)
+    assert ignored.returncode == 0
+
+
+def test_license_file_matches_the_manifest():
+    manifest = tomllib.loads((ROOT / "blender_manifest.toml").read_text(encoding="utf-8"))
+    assert manifest["license"] == ["SPDX:GPL-3.0-or-later"]
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "GNU GENERAL PUBLIC LICENSE" in text and "Version 3, 29 June 2007" in text
+    assert manifest["version"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
