@@ -46,19 +46,27 @@ class UNetDenoiser:
     x stays in its own dtype (float32); only the UNet input is cast to the UNet's dtype.
     """
 
-    def __init__(self, unet: Any, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon") -> None:
+    def __init__(
+        self,
+        unet: Any,
+        alphas_cumprod: torch.Tensor,
+        prediction_type: str = "epsilon",
+        frames_in_batch: bool = False,
+    ) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction type {prediction_type!r}; use one of {PREDICTION_TYPES}")
         self.unet = unet
+        # An image UNet given video (B, C, F, H, W) denoises each frame on its own, as a batch.
+        self.frames_in_batch = frames_in_batch
         self.prediction_type = prediction_type
         self.sigmas = training_sigmas(alphas_cumprod)
         self._log_sigmas = np.log(self.sigmas.numpy())
         self.calls = 0  # UNet forward passes made (a CFG batch of two counts as one)
 
     @classmethod
-    def from_scheduler(cls, unet: Any, scheduler: Any) -> UNetDenoiser:
+    def from_scheduler(cls, unet: Any, scheduler: Any, frames_in_batch: bool = False) -> UNetDenoiser:
         """Build from any diffusers scheduler: it knows the training betas and prediction type."""
-        return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type)
+        return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, frames_in_batch)
 
     @property
     def sigma_min(self) -> float:
@@ -73,6 +81,18 @@ class UNetDenoiser:
         return float(np.interp(np.log(sigma), self._log_sigmas, np.arange(len(self._log_sigmas))))
 
     def __call__(self, x: torch.Tensor, sigma: float, guidance: Guidance, **unet_kwargs: Any) -> torch.Tensor:
+        if x.ndim == 5 and self.frames_in_batch:
+            b, c, f, h, w = x.shape
+            images = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+            denoised = self._denoise(images, sigma, guidance, b * f, unet_kwargs)
+            return denoised.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+        # Motion UNets attend to the prompt once per frame: they take B * F prompt states.
+        prompts_per_part = x.shape[0] * x.shape[2] if x.ndim == 5 else x.shape[0]
+        return self._denoise(x, sigma, guidance, prompts_per_part, unet_kwargs)
+
+    def _denoise(
+        self, x: torch.Tensor, sigma: float, guidance: Guidance, prompts_per_part: int, unet_kwargs: dict[str, Any]
+    ) -> torch.Tensor:
         batch = x.shape[0]
         parts = [guidance.cond]
         if guidance.uses_uncond and guidance.uncond is not None:
@@ -80,9 +100,8 @@ class UNetDenoiser:
         model_input = (x / (sigma**2 + 1) ** 0.5).to(self.unet.dtype)
         if len(parts) == 2:
             model_input = torch.cat([model_input, model_input])
-        # Motion UNets attend to the prompt once per frame: they take B * F prompt states.
-        per_batch = batch * x.shape[2] if x.ndim == 5 else batch
-        embeds = torch.cat([p.embeds.expand(per_batch, -1, -1) for p in parts]).to(model_input.device, self.unet.dtype)
+        embeds = torch.cat([p.embeds.expand(prompts_per_part, -1, -1) for p in parts])
+        embeds = embeds.to(model_input.device, self.unet.dtype)
         added = _batched_added_conditioning(parts, batch, model_input.device, self.unet.dtype)
         timestep = torch.tensor(self.sigma_to_timestep(sigma), dtype=torch.float32, device=model_input.device)
 

@@ -96,6 +96,15 @@ def build_tiny_models(root: Path | str, seed: int = 0) -> TinyModels:
         motion_max_seq_length=32,
     )
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 8))
+    # A new ControlNet's output convolutions start at zero (it adds nothing until trained);
+    # give them small random weights so the tiny one visibly steers the UNet, as a trained one does.
+    for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+        torch.nn.init.normal_(conv.weight, std=0.05)
+    # The hint encoder's default init is dominated by its biases; make its output follow the hint.
+    for conv in controlnet.controlnet_cond_embedding.modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(conv.weight)
+            torch.nn.init.zeros_(conv.bias)
 
     unet.save_pretrained(models.checkpoint / "unet")
     vae.save_pretrained(models.checkpoint / "vae")

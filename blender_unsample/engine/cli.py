@@ -1,0 +1,199 @@
+"""The worker's command line: ``python -m blender_unsample.engine restyle ...``.
+
+Blender runs it with ``--job job.json --progress json`` and reads events from stdout; scripts and
+render farms run it with flags. Every JobSpec setting is a flag of the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import stat
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import Cancelled, UnsampleError
+from .protocol import ErrorCode, ErrorEvent, Event, JobSpec, Progress, WarningEvent, event_to_json
+
+# After stdin closes (Blender went away), give the job this long to stop at a check point
+# before the process ends itself.
+PARENT_GONE_GRACE_SECONDS = 5.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    if args.command == "tiny-models":
+        from .tiny_models import build_tiny_models
+
+        models = build_tiny_models(args.folder)
+        print(json.dumps({k: str(v) for k, v in dataclasses.asdict(models).items()}))
+        return 0
+    return _restyle(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m blender_unsample.engine", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    restyle = commands.add_parser(
+        "restyle",
+        help="restyle a folder of frames",
+        description="Unsample a folder of frames to noise, then resample it with a style prompt.",
+        argument_default=argparse.SUPPRESS,  # only flags actually given override the job file
+    )
+    restyle.add_argument("--job", type=Path, help="a job file (JSON) with any of the settings below")
+    restyle.add_argument(
+        "--progress", choices=("json", "text", "none"), default="text", help="events on stdout as JSON lines, "
+        "a progress bar on stderr, or nothing (default: text)"
+    )  # fmt: skip
+    for spec_field in dataclasses.fields(JobSpec):
+        _add_setting(restyle, spec_field)
+
+    tiny = commands.add_parser("tiny-models", help="write tiny random-weight models (for tests and the demo)")
+    tiny.add_argument("folder", type=Path)
+    return parser
+
+
+def _add_setting(parser: argparse.ArgumentParser, spec_field: dataclasses.Field) -> None:
+    flag = "--" + spec_field.name.replace("_", "-")
+    meta = spec_field.metadata
+    default = spec_field.default
+    if isinstance(default, bool):
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=meta["help"])
+        return
+    kind = type(default) if default is not None else str
+    metavar = None if "choices" in meta else {int: "N", float: "X"}.get(kind, "TEXT")
+    help_text = meta["help"] + ("" if default in ("", None) else f" (default: {default})")
+    parser.add_argument(flag, type=kind, choices=meta.get("choices"), metavar=metavar, help=help_text)
+
+
+def _restyle(args: argparse.Namespace) -> int:
+    emit = _emitter(args.progress)
+    settings = vars(args).copy()
+    for key in ("command", "job", "progress"):
+        settings.pop(key, None)
+    try:
+        data = json.loads(Path(args.job).read_text(encoding="utf-8")) if "job" in args else {}
+        if not isinstance(data, dict):
+            raise ValueError("a job file holds one JSON object")
+        spec = JobSpec.from_dict({**data, **settings})
+    except (OSError, ValueError) as error:
+        return _fail(emit, UnsampleError(ErrorCode.BAD_SETTINGS, f"bad job: {error}"))
+
+    cancel = threading.Event()
+    _watch_stdin(cancel)
+    from .pipeline import restyle
+
+    try:
+        restyle(spec, emit, cancel)
+    except UnsampleError as error:
+        return _fail(emit, error)
+    except KeyboardInterrupt:
+        return _fail(emit, UnsampleError(ErrorCode.CANCELLED, "interrupted"))
+    except Exception as error:  # anything else is our bug: report it whole
+        return _fail(emit, UnsampleError(ErrorCode.INTERNAL, f"internal error: {error}", traceback.format_exc()))
+    return 0
+
+
+def _fail(emit: Callable[[Event], None], error: UnsampleError) -> int:
+    with contextlib.suppress(Cancelled):  # raised when nobody is left to tell
+        emit(ErrorEvent(code=error.code.value, message=error.message, detail=error.detail))
+    return error.code.exit_code
+
+
+def _emitter(mode: str) -> Callable[[Event], None]:
+    lock = threading.Lock()
+
+    def emit_json(event: Event) -> None:
+        with lock:
+            try:
+                sys.stdout.write(event_to_json(event) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                # Whoever read the events is gone: stop, and keep Python quiet about stdout at exit.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise Cancelled("the program reading the events went away") from None
+
+    bar = _TextProgress()
+
+    def emit_text(event: Event) -> None:
+        with lock:
+            bar.show(event)
+
+    return {"json": emit_json, "text": emit_text}.get(mode, lambda event: None)
+
+
+class _TextProgress:
+    """One line of progress on stderr, redrawn in place on a terminal."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last_line = 0.0
+
+    def show(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            now = time.monotonic()
+            if not self.tty and now - self.last_line < 2.0:
+                return
+            self.last_line = now
+            width = 24
+            filled = round(event.fraction * width)
+            where = f"{event.stage} {event.step}/{event.total}" if event.total else event.stage
+            if event.windows > 1:
+                where += f" window {event.window}/{event.windows}"
+            eta = "" if event.eta is None else f" ETA {int(event.eta) // 60}:{int(event.eta) % 60:02d}"
+            line = f"[{'#' * filled}{'.' * (width - filled)}] {event.fraction:4.0%} {where}{eta}"
+            sys.stderr.write(("\r" + line.ljust(79)) if self.tty else line + "\n")
+        elif isinstance(event, WarningEvent | ErrorEvent):
+            prefix = "warning" if isinstance(event, WarningEvent) else f"error ({event.code})"
+            sys.stderr.write(("\n" if self.tty else "") + f"{prefix}: {event.message}\n")
+        elif event.type == "done":
+            sys.stderr.write(("\n" if self.tty else "") + f"done: {event.frames} frames in {event.out}\n")
+        sys.stderr.flush()
+
+
+def _watch_stdin(cancel: threading.Event) -> None:
+    """When stdin is a pipe (Blender's), a ``cancel`` line or its closing stops the job."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return
+
+    def watch() -> None:
+        for line in sys.stdin:
+            if line.strip().lower() == "cancel":
+                cancel.set()
+                return
+        cancel.set()  # end of input: the parent is gone, so nobody is waiting for the result
+        time.sleep(PARENT_GONE_GRACE_SECONDS)
+        os._exit(ErrorCode.CANCELLED.exit_code)
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+
+
+def _quiet_libraries() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("diffusers", "transformers", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass  # reported properly when the pipeline imports them

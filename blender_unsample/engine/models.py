@@ -1,0 +1,112 @@
+"""Load the pipeline's components from diffusers folders or Hugging Face Hub ids."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UnsampleError
+from .protocol import ErrorCode, JobSpec
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class Components:
+    tokenizer: Any
+    text_encoder: Any
+    unet: Any  # UNetMotionModel with a motion adapter, else UNet2DConditionModel
+    vae: Any
+    scheduler: Any  # only its training schedule and prediction type are used
+    controlnet: Any | None
+    motion: bool
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def load_components(spec: JobSpec, dtype: torch.dtype, vae_dtype: torch.dtype) -> Components:
+    """Everything a restyle job needs, on the CPU, in the given dtypes."""
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        EulerDiscreteScheduler,
+        MotionAdapter,
+        UNet2DConditionModel,
+        UNetMotionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    def load(cls: Any, source: str, subfolder: str | None, role: str, **kwargs: Any) -> Any:
+        return load_pretrained(cls, source, subfolder, role, spec.allow_download, **kwargs)
+
+    tokenizer = load(CLIPTokenizer, spec.model, "tokenizer", "checkpoint")
+    text_encoder = load(CLIPTextModel, spec.model, "text_encoder", "checkpoint", torch_dtype=dtype)
+    unet = load(UNet2DConditionModel, spec.model, "unet", "checkpoint", torch_dtype=dtype)
+    scheduler = load(EulerDiscreteScheduler, spec.model, "scheduler", "checkpoint")
+    if spec.vae:
+        vae = load(AutoencoderKL, spec.vae, None, "VAE", torch_dtype=vae_dtype)
+    else:
+        vae = load(AutoencoderKL, spec.model, "vae", "checkpoint", torch_dtype=vae_dtype)
+    controlnet = None
+    if spec.control != "none":
+        controlnet = load(ControlNetModel, spec.controlnet, None, "ControlNet", torch_dtype=dtype)
+    if spec.uses_motion_module:
+        adapter = load(MotionAdapter, spec.motion_adapter, None, "motion module", torch_dtype=dtype)
+        try:
+            unet = UNetMotionModel.from_unet2d(unet, adapter)
+        except ValueError as error:
+            raise UnsampleError(
+                ErrorCode.MODEL_MISMATCH,
+                f"the motion module {spec.motion_adapter} does not fit the checkpoint {spec.model}: {error}",
+            ) from error
+        del adapter
+        if unet.dtype != dtype:
+            unet = unet.to(dtype)
+    for model in (text_encoder, unet, vae, controlnet):
+        if model is not None:
+            model.eval().requires_grad_(False)
+    return Components(tokenizer, text_encoder, unet, vae, scheduler, controlnet, spec.uses_motion_module)
+
+
+def load_pretrained(
+    cls: Any, source: str, subfolder: str | None, role: str, allow_download: bool, **kwargs: Any
+) -> Any:
+    """``cls.from_pretrained`` from a local folder, the Hugging Face cache, or (if allowed) the Hub."""
+    local = Path(source).expanduser()
+    if local.exists():
+        return _from_pretrained(cls, str(local), subfolder, role, ErrorCode.MODEL_INVALID, **kwargs)
+    if not _HUB_ID.match(source):
+        raise UnsampleError(ErrorCode.MODEL_NOT_FOUND, f"the {role} {source} does not exist")
+    try:
+        return cls.from_pretrained(source, subfolder=subfolder, local_files_only=True, **kwargs)
+    except OSError as cached_error:
+        if not allow_download:
+            raise UnsampleError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"the {role} {source} is not in the Hugging Face cache and downloads are off: allow "
+                f"downloads (command line: --allow-download) or give a local diffusers folder",
+                str(cached_error),
+            ) from cached_error
+    log.info("downloading %s (%s) from the Hugging Face Hub", source, subfolder or "all")
+    return _from_pretrained(cls, source, subfolder, role, ErrorCode.MODEL_NOT_FOUND, **kwargs)
+
+
+def _from_pretrained(cls: Any, source: str, subfolder: str | None, role: str, code: ErrorCode, **kwargs: Any) -> Any:
+    try:
+        return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
+    except (OSError, ValueError, RuntimeError) as error:
+        where = f"{source}/{subfolder}" if subfolder else source
+        raise UnsampleError(code, f"cannot load the {role} from {where}: {_first_line(error)}", str(error)) from error
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

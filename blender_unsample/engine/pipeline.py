@@ -1,0 +1,265 @@
+"""The restyle job: frames in, styled frames out, through unsampling and resampling."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .context import ContextWindowDenoiser, context_windows
+from .control import ControlledUNet, make_hints
+from .denoisers import Guidance, UNetDenoiser
+from .devices import Placement, free_memory, is_out_of_memory, pick_placement, place_models
+from .errors import Cancelled, UnsampleError
+from .frames import common_size, list_frames, read_frames, write_frame
+from .models import Components, load_components
+from .progress import ProgressTracker
+from .prompts import encode_prompt
+from .protocol import Done, ErrorCode, Event, FrameWritten, JobSpec, WarningEvent
+from .schedules import get_sigmas
+from .unsampling import resample, unsample
+
+log = logging.getLogger(__name__)
+
+
+class Job:
+    """One restyle run: its settings, where events go, and whether it was asked to stop."""
+
+    def __init__(self, spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Event | None = None) -> None:
+        self.spec = spec
+        self.emit = emit
+        self.cancel = cancel or threading.Event()
+
+    def warn(self, message: str) -> None:
+        log.warning(message)
+        self.emit(WarningEvent(message))
+
+    def check_cancelled(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled()
+
+
+def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Event | None = None) -> Done:
+    """Run a whole job; raises :class:`UnsampleError` (with a code) on anything the user can fix."""
+    job = Job(spec, emit, cancel)
+    started = time.monotonic()
+    placement: Placement | None = None
+    try:
+        with torch.inference_mode(), ExitStack() as stack:
+            # 1. Check inputs before loading anything heavy.
+            problems = spec.validate()
+            if problems:
+                raise UnsampleError(ErrorCode.BAD_SETTINGS, "; ".join(problems))
+            frames = list_frames(spec.frames)
+            source_size = common_size(frames)
+            size = _processing_size(spec, source_size, job.warn)
+            out = _prepare_output(spec)
+            work = Path(spec.work_dir) if spec.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            work.mkdir(parents=True, exist_ok=True)
+            windows = context_windows(len(frames), spec.context, spec.overlap, spec.looped)
+            tracker = ProgressTracker(emit, len(frames), spec.steps * len(windows))
+
+            # 2. Load the models.
+            tracker.start("load")
+            placement = pick_placement(spec.device)
+            components = load_components(spec, placement.dtype, placement.vae_dtype)
+            job.check_cancelled()
+
+            # 3. Encode the prompts, then free the text encoder.
+            place_models([components.text_encoder], placement.device, spec.cpu_offload)
+            encode = lambda text: encode_prompt(  # noqa: E731 - four uses, one line each
+                components.tokenizer, components.text_encoder, text, placement.device, job.warn
+            )
+            negative = encode(spec.negative_prompt)
+            unsample_guidance = Guidance(encode(spec.source_prompt), negative, spec.unsample_cfg)
+            style_guidance = Guidance(encode(spec.prompt), negative, spec.cfg)
+            components.text_encoder = None
+            free_memory(placement.device)
+
+            place_models([components.unet, components.vae], placement.device, spec.cpu_offload, [components.controlnet])
+            if spec.vae_tiling:
+                components.vae.enable_tiling()
+
+            # 4. Frames to latents (and ControlNet hints), a few frames at a time.
+            hints = _open_hints(work, spec, len(frames), size)
+            latents = _encode_frames(job, components, placement, frames, size, hints, tracker)
+
+            # 5. Unsample, then resample with the style prompt.
+            unet = ControlledUNet(
+                components.unet,
+                components.controlnet,
+                hints,
+                spec.controlnet_strength,
+                spec.control_start,
+                spec.control_end,
+                components.scheduler.config.num_train_timesteps,
+            )
+            denoiser = UNetDenoiser.from_scheduler(unet, components.scheduler, frames_in_batch=not components.motion)
+            sigmas = get_sigmas(spec.scheduler, spec.steps, training_sigmas=denoiser.sigmas, family=spec.family)
+
+            unet.enabled = components.controlnet is not None and spec.control_in_unsample
+            passes = (job, denoiser, sigmas, windows, tracker)
+            noise = _sampling_pass(*passes, "unsample", unsample, latents, unsample_guidance)
+            noise = _blend_fresh_noise(noise, spec.noise, spec.seed, float(sigmas[0]))
+            unet.enabled = components.controlnet is not None
+            styled = _sampling_pass(*passes, "resample", resample, noise, style_guidance)
+
+            # 6. Latents to frames on disk, each written whole, in clip order.
+            _decode_frames(job, components, placement, styled, frames, source_size, out, tracker)
+            done = Done(frames=len(frames), out=str(out), seconds=round(time.monotonic() - started, 2))
+            emit(done)
+            return done
+    except UnsampleError:
+        raise
+    except Exception as error:
+        if is_out_of_memory(error):
+            raise UnsampleError(
+                ErrorCode.OUT_OF_MEMORY,
+                "out of memory: lower the context length or the resolution, turn on CPU offload and VAE "
+                "tiling, or use fewer frames per VAE call",
+                str(error),
+            ) from error
+        raise
+    finally:
+        if placement is not None:
+            free_memory(placement.device)
+
+
+def _processing_size(spec: JobSpec, source: tuple[int, int], warn: Callable[[str], None]) -> tuple[int, int]:
+    """The size the models work at: as asked, else the frames' own rounded down to a multiple of 8."""
+    width, height = spec.width or source[0], spec.height or source[1]
+    rounded = (width // 8 * 8, height // 8 * 8)
+    if rounded != (width, height):
+        warn(f"frames are {width}x{height}; processing at {rounded[0]}x{rounded[1]} (a multiple of 8)")
+    return rounded
+
+
+def _prepare_output(spec: JobSpec) -> Path:
+    out = Path(spec.out).expanduser()
+    if out.resolve() == Path(spec.frames).expanduser().resolve():
+        raise UnsampleError(
+            ErrorCode.BAD_SETTINGS, "the output folder is the input folder: the source frames would be overwritten"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".unsample-write-test-{id(spec)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UnsampleError(
+            ErrorCode.OUTPUT_NOT_WRITABLE, f"cannot write to the output folder {out}: {error.strerror or error}"
+        ) from error
+    return out
+
+
+def _open_hints(work: Path, spec: JobSpec, frames: int, size: tuple[int, int]) -> np.ndarray | None:
+    if spec.control == "none":
+        return None
+    # On disk, memory-mapped: the hints of a long clip never sit in memory at once.
+    shape = (frames, size[1], size[0], 3)
+    return np.lib.format.open_memmap(work / "hints.npy", mode="w+", dtype=np.uint8, shape=shape)
+
+
+def _encode_frames(
+    job: Job,
+    components: Components,
+    placement: Placement,
+    frames: list[Path],
+    size: tuple[int, int],
+    hints: np.ndarray | None,
+    tracker: ProgressTracker,
+) -> torch.Tensor:
+    """All frames to scaled VAE latents, (1, C, F, h, w) float32, reading a batch at a time."""
+    vae = components.vae
+    factor = components.vae_scale_factor
+    latents = torch.empty(
+        (1, vae.config.latent_channels, len(frames), size[1] // factor, size[0] // factor),
+        dtype=torch.float32,
+        device=placement.device,
+    )
+    tracker.start("encode")
+    batch = job.spec.vae_batch
+    for start in range(0, len(frames), batch):
+        job.check_cancelled()
+        pixels = read_frames(frames[start : start + batch], size)
+        if hints is not None:
+            hints[start : start + len(pixels)] = make_hints(job.spec.control, pixels)
+        images = torch.from_numpy(pixels).to(placement.device).permute(0, 3, 1, 2)
+        images = images.to(placement.vae_dtype) / 127.5 - 1
+        # The mean of the latent distribution: deterministic, no sampling noise added.
+        encoded = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+        latents[0, :, start : start + len(pixels)] = encoded.permute(1, 0, 2, 3).float()
+        tracker.advance(min(start + batch, len(frames)), len(frames), units=len(pixels))
+    return latents
+
+
+def _sampling_pass(
+    job: Job,
+    denoiser: UNetDenoiser,
+    sigmas: torch.Tensor,
+    windows: list[list[int]],
+    tracker: ProgressTracker,
+    stage: str,
+    run_pass: Callable[..., torch.Tensor],
+    latents: torch.Tensor,
+    guidance: Guidance,
+) -> torch.Tensor:
+    steps_done = 0
+    total = len(sigmas) - 1
+
+    def on_window(index: int, count: int) -> None:
+        tracker.advance(steps_done + 1, total, index + 1, count)
+        job.check_cancelled()
+
+    def on_step(_step: object) -> None:
+        nonlocal steps_done
+        steps_done += 1
+
+    model = ContextWindowDenoiser(denoiser, windows, job.spec.fusion, on_window)
+    tracker.start(stage)
+    return run_pass(
+        model, latents, sigmas, sampler=job.spec.sampler, extra_args={"guidance": guidance}, callback=on_step
+    )
+
+
+def _blend_fresh_noise(noise: torch.Tensor, share: float, seed: int, sigma_max: float) -> torch.Tensor:
+    """Mix in seeded Gaussian noise at the same scale: more freedom for the style, less fidelity."""
+    if share <= 0:
+        return noise
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    fresh = torch.randn(noise.shape, generator=generator, dtype=torch.float32).to(noise.device)
+    return noise * math.sqrt(1 - share**2) + fresh * (sigma_max * share)
+
+
+def _decode_frames(
+    job: Job,
+    components: Components,
+    placement: Placement,
+    latents: torch.Tensor,
+    frames: list[Path],
+    source_size: tuple[int, int],
+    out: Path,
+    tracker: ProgressTracker,
+) -> None:
+    vae = components.vae
+    tracker.start("decode")
+    batch = job.spec.vae_batch
+    for start in range(0, len(frames), batch):
+        job.check_cancelled()
+        chunk = latents[0, :, start : start + batch].permute(1, 0, 2, 3) / vae.config.scaling_factor
+        images = vae.decode(chunk.to(placement.vae_dtype), return_dict=False)[0]
+        pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for offset, frame_pixels in enumerate(pixels):
+            index = start + offset
+            write_frame(out / frames[index].name, frame_pixels, source_size)
+            tracker.frames_written += 1
+            job.emit(FrameWritten(name=frames[index].name, index=index))
+        tracker.advance(min(start + batch, len(frames)), len(frames), units=len(pixels))

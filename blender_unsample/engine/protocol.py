@@ -1,0 +1,264 @@
+"""The contract between Blender and the worker: a job spec in, JSON-lines events out.
+
+Imported by both sides, so it imports neither bpy nor torch. The worker reads a :class:`JobSpec`
+(a JSON file or command-line flags, both generated from the same fields below) and writes one
+event per line on stdout; plain log text goes to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The models a family uses by default: Hugging Face Hub ids, or local diffusers folders."""
+
+    checkpoint: str
+    motion_adapter: str
+    controlnets: dict[str, str]  # by control type
+
+
+DEFAULT_MODELS: dict[str, ModelSet] = {
+    "sd15": ModelSet(
+        checkpoint="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        motion_adapter="guoyww/animatediff-motion-adapter-v1-5-2",
+        controlnets={"canny": "lllyasviel/control_v11p_sd15_canny", "tile": "lllyasviel/control_v11f1e_sd15_tile"},
+    ),
+}
+
+FAMILIES = tuple(DEFAULT_MODELS)
+SAMPLERS = ("euler", "dpmpp_2m")
+SCHEDULERS = ("ays", "karras", "exponential", "normal")
+CONTROLS = ("none", "canny", "tile")
+FUSIONS = ("pyramid", "flat")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+NATIVE_SIZE = {"sd15": 512}
+
+
+def _setting(default: Any, help: str, **limits: Any) -> Any:
+    return field(default=default, metadata={"help": help, **limits})
+
+
+@dataclass
+class JobSpec:
+    """Every setting of one restyle job. Field metadata drives the CLI flags and the checks."""
+
+    frames: str = _setting("", "folder of input frames (PNG or JPEG, all the same size)")
+    out: str = _setting("", "folder for the styled frames; each keeps its input file name")
+    prompt: str = _setting("", "the style prompt for the resample pass")
+    negative_prompt: str = _setting("", "what to steer away from, in both passes")
+    unsample_prompt: str | None = _setting(
+        None, "prompt for the unsample pass: omit to reuse the style prompt, '' for blank"
+    )
+    family: str = _setting("sd15", "model family", choices=FAMILIES)
+    model: str = _setting("", "checkpoint: a diffusers folder or Hub id (default: the family's)")
+    motion_adapter: str = _setting("", "AnimateDiff motion adapter: folder or Hub id; 'none' restyles frame by frame")
+    vae: str = _setting("", "a separate VAE (folder or Hub id); default: the checkpoint's own")
+    control: str = _setting("canny", "ControlNet hint computed from each frame", choices=CONTROLS)
+    controlnet: str = _setting("", "ControlNet model for the hint (default: the family's for that hint)")
+    controlnet_strength: float = _setting(0.3, "ControlNet strength; weak keeps the style free", low=0.0, high=2.0)
+    control_start: float = _setting(0.0, "fraction of the schedule where ControlNet starts", low=0.0, high=1.0)
+    control_end: float = _setting(0.6, "fraction of the schedule where ControlNet stops", low=0.0, high=1.0)
+    control_in_unsample: bool = _setting(False, "also apply ControlNet while unsampling")
+    steps: int = _setting(16, "sampling steps, the same for both passes", low=1, high=200)
+    sampler: str = _setting("euler", "convergent sampler for both passes", choices=SAMPLERS)
+    scheduler: str = _setting("ays", "sigma schedule", choices=SCHEDULERS)
+    cfg: float = _setting(2.0, "CFG scale of the resample (style) pass", low=1.0, high=30.0)
+    unsample_cfg: float = _setting(4.0, "CFG scale of the unsample pass", low=1.0, high=30.0)
+    noise: float = _setting(0.0, "share of fresh seeded noise mixed into the unsampled noise", low=0.0, high=1.0)
+    seed: int = _setting(0, "seed for --noise", low=0, high=2**63 - 1)
+    context: int = _setting(16, "frames the motion module sees at once (context window)", low=1, high=64)
+    overlap: int = _setting(4, "frames shared by neighbouring context windows", low=0, high=63)
+    fusion: str = _setting("pyramid", "how overlapping windows are blended", choices=FUSIONS)
+    looped: bool = _setting(False, "the clip loops: windows wrap from the last frame to the first")
+    width: int = _setting(0, "processing width, a multiple of 8 (0: the frames' own)", low=0, high=4096)
+    height: int = _setting(0, "processing height, a multiple of 8 (0: the frames' own)", low=0, high=4096)
+    device: str = _setting("auto", "compute device", choices=DEVICES)
+    vae_batch: int = _setting(8, "frames per VAE call; 1 is the least memory", low=1, high=64)
+    vae_tiling: bool = _setting(False, "decode in tiles: for large frames on small GPUs")
+    cpu_offload: bool = _setting(False, "keep only the model in use on the GPU (slower, far less VRAM)")
+    allow_download: bool = _setting(False, "fetch missing models from the Hugging Face Hub")
+    work_dir: str = _setting("", "folder for intermediate files (default: a temporary folder)")
+
+    def __post_init__(self) -> None:
+        defaults = DEFAULT_MODELS.get(self.family)
+        if defaults is None:
+            return  # validate() names the problem
+        self.model = self.model or defaults.checkpoint
+        self.motion_adapter = self.motion_adapter or defaults.motion_adapter
+        if self.control != "none":
+            self.controlnet = self.controlnet or defaults.controlnets[self.control]
+
+    @property
+    def uses_motion_module(self) -> bool:
+        return self.motion_adapter.lower() != "none"
+
+    @property
+    def source_prompt(self) -> str:
+        """The prompt the unsample pass conditions on."""
+        return self.prompt if self.unsample_prompt is None else self.unsample_prompt
+
+    def validate(self) -> list[str]:
+        """Every problem with the settings, as sentences for the user; empty when all is well."""
+        problems = []
+        for spec in dataclasses.fields(self):
+            value, meta = getattr(self, spec.name), spec.metadata
+            if "choices" in meta and value not in meta["choices"]:
+                problems.append(f"{spec.name} must be one of {', '.join(meta['choices'])}, not {value!r}")
+            if "low" in meta and not (isinstance(value, int | float) and math.isfinite(value)):
+                problems.append(f"{spec.name} must be a number, not {value!r}")
+            elif "low" in meta and not meta["low"] <= value <= meta["high"]:
+                problems.append(f"{spec.name} must be between {meta['low']} and {meta['high']}, got {value}")
+        if not self.frames:
+            problems.append("no input frames folder given")
+        if not self.out:
+            problems.append("no output folder given")
+        if not self.prompt.strip():
+            problems.append("the style prompt is empty")
+        if self.overlap >= self.context:
+            problems.append(f"overlap ({self.overlap}) must be smaller than the context length ({self.context})")
+        if self.control_start >= self.control_end and self.control != "none":
+            problems.append("control_start must come before control_end")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value and (value < 64 or value % 8):
+                problems.append(f"{name} must be 0 or a multiple of 8 of at least 64, got {value}")
+        return problems
+
+    def to_json(self) -> str:
+        return json.dumps({"protocol": PROTOCOL_VERSION, **dataclasses.asdict(self)}, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        data = dict(data)
+        version = data.pop("protocol", PROTOCOL_VERSION)
+        if version != PROTOCOL_VERSION:
+            raise ValueError(f"job file is protocol version {version}; this worker speaks {PROTOCOL_VERSION}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown job settings: {', '.join(unknown)}")
+        for name, value in data.items():
+            expected = type(known[name].default) if known[name].default is not None else str
+            if value is not None and not _fits(value, expected):
+                raise ValueError(f"job setting {name} must be {expected.__name__}, got {type(value).__name__}")
+        return cls(**data)
+
+
+def _fits(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+class ErrorCode(StrEnum):
+    """What went wrong, for the user and for scripts: each has its own process exit code."""
+
+    INTERNAL = "internal"
+    BAD_SETTINGS = "bad_settings"
+    BAD_FRAMES = "bad_frames"
+    MODEL_NOT_FOUND = "model_not_found"
+    MODEL_INVALID = "model_invalid"
+    MODEL_MISMATCH = "model_mismatch"
+    OUT_OF_MEMORY = "out_of_memory"
+    OUTPUT_NOT_WRITABLE = "output_not_writable"
+    CANCELLED = "cancelled"
+
+    @property
+    def exit_code(self) -> int:
+        return _EXIT_CODES[self]
+
+
+_EXIT_CODES = {
+    ErrorCode.INTERNAL: 1,
+    ErrorCode.BAD_SETTINGS: 3,
+    ErrorCode.BAD_FRAMES: 4,
+    ErrorCode.MODEL_NOT_FOUND: 5,
+    ErrorCode.MODEL_INVALID: 6,
+    ErrorCode.MODEL_MISMATCH: 7,
+    ErrorCode.OUT_OF_MEMORY: 8,
+    ErrorCode.OUTPUT_NOT_WRITABLE: 9,
+    ErrorCode.CANCELLED: 130,
+}
+
+
+# --- events -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    type: ClassVar[str] = "progress"
+    stage: str  # load, encode, unsample, resample, decode
+    step: int  # 1-based within the stage
+    total: int  # steps in the stage (frames for encode and decode)
+    window: int = 0  # 1-based context window within the step; 0 outside the sampling passes
+    windows: int = 0
+    frames_done: int = 0  # output frames written so far
+    frames_total: int = 0
+    fraction: float = 0.0  # of the whole job, 0 to 1
+    eta: float | None = None  # seconds left, None until it can be estimated
+
+
+@dataclass(frozen=True)
+class FrameWritten:
+    type: ClassVar[str] = "frame"
+    name: str  # file name inside the output folder
+    index: int  # 0-based position in the clip
+
+
+@dataclass(frozen=True)
+class WarningEvent:
+    type: ClassVar[str] = "warning"
+    message: str
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    detail: str = ""  # traceback or the underlying library's message
+
+
+@dataclass(frozen=True)
+class Done:
+    type: ClassVar[str] = "done"
+    frames: int
+    out: str
+    seconds: float
+
+
+Event = Progress | FrameWritten | WarningEvent | ErrorEvent | Done
+EVENT_TYPES: dict[str, type] = {cls.type: cls for cls in (Progress, FrameWritten, WarningEvent, ErrorEvent, Done)}
+
+
+def event_to_json(event: Event) -> str:
+    return json.dumps({"type": event.type, **dataclasses.asdict(event)}, separators=(",", ":"))
+
+
+def event_from_json(line: str) -> Event:
+    """Parse one event line; anything malformed raises ValueError with the reason."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not a JSON event: {line[:80]!r}") from error
+    if not isinstance(data, dict) or data.get("type") not in EVENT_TYPES:
+        raise ValueError(f"unknown event: {line[:80]!r}")
+    cls = EVENT_TYPES[data.pop("type")]
+    try:
+        return cls(**data)
+    except TypeError as error:
+        raise ValueError(f"malformed {cls.type} event: {error}") from error

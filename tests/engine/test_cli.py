@@ -1,0 +1,141 @@
+"""The worker's command line, run as Blender runs it: a subprocess speaking JSON lines."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_clip
+from PIL import Image
+
+from blender_unsample.engine.cli import _parser
+from blender_unsample.engine.context import context_windows
+from blender_unsample.engine.protocol import ErrorCode, JobSpec, Progress, event_from_json
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def worker(*args, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "blender_unsample.engine", *args],
+        cwd=ROOT,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def spec_flags(spec: JobSpec) -> list[str]:
+    flags = []
+    for name in ("frames", "out", "prompt", "model", "motion_adapter", "controlnet", "steps", "context", "overlap",
+                 "device"):  # fmt: skip
+        flags += ["--" + name.replace("_", "-"), str(getattr(spec, name))]
+    return flags
+
+
+def test_every_job_setting_has_a_flag():
+    restyle = _parser()._subparsers._group_actions[0].choices["restyle"]
+    flags = {option for action in restyle._actions for option in action.option_strings}
+    for spec_field in dataclasses.fields(JobSpec):
+        assert "--" + spec_field.name.replace("_", "-") in flags
+
+
+def test_json_events_parse_and_count_every_step_and_window(tiny_spec, tmp_path):
+    clip = tmp_path / "clip"
+    write_clip(clip, 20)
+    spec = tiny_spec(clip)  # context 8, overlap 2 over 20 frames: 3 windows; 3 steps
+    process = worker("restyle", *spec_flags(spec), "--progress", "json")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    events = [event_from_json(line) for line in stdout.splitlines()]
+    windows = len(context_windows(20, 8, 2))
+    for stage in ("unsample", "resample"):
+        seen = [(e.step, e.window) for e in events if isinstance(e, Progress) and e.stage == stage]
+        assert seen == [(step, window) for step in (1, 2, 3) for window in range(1, windows + 1)]
+    frames = [e for e in events if e.type == "frame"]
+    assert [e.index for e in frames] == list(range(20))
+    assert events[-1].type == "done" and events[-1].frames == 20
+    assert all(e.type != "done" for e in events[:-1])
+    etas = [e.eta for e in events if isinstance(e, Progress) and e.stage == "resample"]
+    assert all(eta is not None and eta >= 0 for eta in etas)
+    assert max(e.fraction for e in events if isinstance(e, Progress)) <= 1.0
+
+
+def test_a_job_file_gives_the_settings_and_flags_override_it(tiny_spec, tmp_path):
+    clip = tmp_path / "clip"
+    write_clip(clip, 4)
+    job = tmp_path / "job.json"
+    job.write_text(tiny_spec(clip, steps=50).to_json())
+    process = worker("restyle", "--job", str(job), "--steps", "2", "--progress", "json")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    steps = {e.total for e in map(event_from_json, stdout.splitlines()) if e.type == "progress" and e.windows}
+    assert steps == {2}
+
+
+def test_errors_come_as_an_event_and_their_own_exit_code(tmp_path):
+    process = worker("restyle", "--frames", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--prompt", "x",
+                     "--progress", "json")  # fmt: skip
+    stdout, _ = process.communicate(timeout=120)
+    event = event_from_json(stdout.splitlines()[-1])
+    assert (event.type, event.code) == ("error", "bad_frames")
+    assert process.returncode == ErrorCode.BAD_FRAMES.exit_code
+
+    bad_job = tmp_path / "job.json"
+    bad_job.write_text('{"frames": "in", "stpes": 3}')
+    process = worker("restyle", "--job", str(bad_job), "--progress", "json")
+    stdout, _ = process.communicate(timeout=120)
+    assert "unknown job settings: stpes" in stdout
+    assert process.returncode == ErrorCode.BAD_SETTINGS.exit_code
+
+
+def read_until(process, predicate, timeout=300):
+    deadline = time.monotonic() + timeout
+    events = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        events.append(event_from_json(line))
+        if predicate(events[-1]):
+            return events
+    raise AssertionError(f"never saw the event; got {events[-3:]}")
+
+
+@pytest.mark.parametrize("how", ["cancel line", "stdin closed"])
+def test_cancel_line_or_closed_stdin_stops_the_worker_without_done(tiny_spec, tmp_path, how):
+    clip = tmp_path / "clip"
+    write_clip(clip, 12)
+    spec = tiny_spec(clip, steps=40)
+    process = worker("restyle", *spec_flags(spec), "--progress", "json", stdin=subprocess.PIPE)
+    events = read_until(process, lambda e: e.type == "progress" and e.stage == "unsample")
+    started = time.monotonic()
+    if how == "cancel line":
+        process.stdin.write("cancel\n")
+        process.stdin.flush()
+    else:
+        process.stdin.close()
+    rest = process.stdout.read()
+    process.wait(timeout=60)
+    stopped_after = time.monotonic() - started
+    events += [event_from_json(line) for line in rest.splitlines()]
+    assert process.returncode == ErrorCode.CANCELLED.exit_code
+    assert stopped_after < 10
+    assert not any(e.type == "done" for e in events)
+    out = Path(spec.out)
+    for path in out.iterdir() if out.exists() else []:
+        assert not path.name.startswith("."), f"partial file left: {path.name}"
+        Image.open(path).load()
+
+
+def test_tiny_models_command_writes_loadable_models(tmp_path):
+    process = worker("tiny-models", str(tmp_path / "m"))
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    paths = json.loads(stdout)
+    assert (Path(paths["checkpoint"]) / "unet" / "config.json").exists()
+    assert (Path(paths["motion_adapter"]) / "config.json").exists()
