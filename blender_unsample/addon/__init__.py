@@ -1,8 +1,8 @@
 """The Blender side: everything here may import bpy, and nothing here imports torch."""
 
-from . import preferences
+from . import menus, operators, panel, preferences, properties
 
-MODULES = (preferences,)
+MODULES = (preferences, properties, operators, panel, menus)
 
 
 def register() -> None:
@@ -11,5 +11,8 @@ def register() -> None:
 
 
 def unregister() -> None:
+    from .runner import RUNNER
+
+    RUNNER.cancel()  # no worker outlives the add-on
     for module in reversed(MODULES):
         module.unregister()

@@ -1,10 +1,137 @@
-"""Tests in real Blender (the bpy module): 5.0 in .venv, 4.2 LTS in .venv-blender42."""
+"""Tests in real Blender (the bpy module): 5.0 in .venv, 4.2 LTS in .venv-blender42.
+
+The 4.2 environment has no torch: its jobs run on the worker Python build.py names in
+UNSAMPLE_TEST_WORKER_PYTHON (.venv's), as a user's existing torch environment would be used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import bpy
+import numpy as np
 import pytest
+
+from blender_unsample.addon.compat import set_file_format
+
+ROOT = Path(__file__).resolve().parents[2]
+ADDON = "blender_unsample"
+
+
+def worker_python() -> str:
+    return os.environ.get("UNSAMPLE_TEST_WORKER_PYTHON") or sys.executable
+
+
+def strips_of(scene):
+    editor = scene.sequence_editor
+    return editor.strips if hasattr(editor, "strips") else editor.sequences
 
 
 @pytest.fixture
 def empty_scene():
     bpy.ops.wm.read_factory_settings(use_empty=True)
     return bpy.context.scene
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """Tiny random-weight models, written by the worker Python (this one may have no torch)."""
+    folder = tmp_path_factory.mktemp("tiny_models")
+    result = subprocess.run(
+        [worker_python(), "-m", "blender_unsample.engine", "tiny-models", str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def addon(empty_scene, tiny_models, tmp_path):
+    """The add-on enabled the way Blender enables it, set up for tiny models on the CPU."""
+    import addon_utils  # importable only once bpy is
+
+    addon_utils.enable(ADDON, default_set=True, handle_error=None)
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.cache_folder = str(tmp_path / "cache")
+    prefs.device = "cpu"
+    # Blender 5.0's tests use Blender's own Python (the default); 4.2's point at .venv's.
+    prefs.worker_python = "" if worker_python() == sys.executable else worker_python()
+    settings = bpy.context.scene.unsample
+    settings.prompt = "an oil painting"
+    settings.checkpoint = tiny_models["checkpoint"]
+    settings.motion_module = tiny_models["motion_adapter"]
+    settings.controlnet_model = tiny_models["controlnet"]
+    settings.steps = 2
+    settings.context, settings.overlap = 8, 2
+    settings.resolution = "CUSTOM"
+    settings.width, settings.height = 64, 40
+    yield prefs
+    from blender_unsample.addon.runner import RUNNER
+
+    RUNNER.cancel()
+    while RUNNER.tick():
+        pass
+    addon_utils.disable(ADDON, default_set=True)
+
+
+def video_scene(scene, width=128, height=72, fps=24):
+    scene.render.resolution_x, scene.render.resolution_y = width, height
+    scene.render.resolution_percentage = 100
+    scene.render.fps = fps
+    scene.sequence_editor_create()
+    return scene
+
+
+def write_frames(folder: Path, count: int, size=(128, 72)) -> list[Path]:
+    """PNG frames with motion (a bright square moving right over a gradient), written by Blender."""
+    folder.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    ramp = np.linspace(0.1, 0.6, width, dtype=np.float32)
+    paths = []
+    for i in range(count):
+        rgba = np.ones((height, width, 4), dtype=np.float32)
+        rgba[..., 0], rgba[..., 1], rgba[..., 2] = ramp, ramp[::-1], 0.3
+        x = (6 * i) % (width - 16)
+        rgba[height // 3 : height // 3 + 16, x : x + 16, :3] = (1.0, 0.9, 0.2)
+        image = bpy.data.images.new(f"frame{i}", width, height)
+        image.pixels.foreach_set(rgba[::-1].ravel())  # Blender images start at the bottom row
+        path = folder / f"src_{i:04d}.png"
+        image.filepath_raw = str(path)
+        image.file_format = "PNG"
+        image.save()
+        bpy.data.images.remove(image)
+        paths.append(path)
+    return paths
+
+
+def write_movie(path: Path, frames: list[Path], fps: int = 24) -> Path:
+    """Encode frames to an H.264 MP4 with Blender's own FFmpeg, from a scratch scene."""
+    scratch = bpy.data.scenes.new("movie-maker")
+    video_scene(scratch, fps=fps)
+    strip = strips_of(scratch).new_image("frames", str(frames[0]), 1, 1, fit_method="FIT")
+    for frame in frames[1:]:
+        strip.elements.append(frame.name)
+    scratch.frame_start, scratch.frame_end = 1, len(frames)
+    render = scratch.render
+    set_file_format(render.image_settings, "FFMPEG")
+    render.ffmpeg.format = "MPEG4"
+    render.ffmpeg.codec = "H264"
+    render.ffmpeg.constant_rate_factor = "HIGH"
+    render.filepath = str(path)
+    bpy.ops.render.render(animation=True, scene=scratch.name)
+    bpy.data.scenes.remove(scratch)
+    return next(path.parent.glob(path.name + "*"))
+
+
+def image_pixels(path: Path) -> np.ndarray:
+    image = bpy.data.images.load(str(path))
+    pixels = np.empty(image.size[0] * image.size[1] * 4, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    bpy.data.images.remove(image)
+    return pixels

@@ -1,0 +1,29 @@
+"""The one place that knows how the sequencer API differs between Blender 4.2 and 5.0.
+
+Blender 4.4 renamed ``Sequence`` to ``Strip`` and 5.0 dropped ``sequence_editor.sequences``;
+everything else in the add-on goes through these helpers.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+STRIP_TYPE = getattr(bpy.types, "Strip", None) or bpy.types.Sequence
+_NEW_API = hasattr(bpy.types.SequenceEditor, "bl_rna") and "strips" in bpy.types.SequenceEditor.bl_rna.properties
+
+
+def top_level_strips(editor: bpy.types.SequenceEditor) -> bpy.types.bpy_prop_collection:
+    """The collection new strips are added to (``strips`` from 4.4, ``sequences`` before)."""
+    return editor.strips if _NEW_API else editor.sequences
+
+
+def all_strips(editor: bpy.types.SequenceEditor) -> bpy.types.bpy_prop_collection:
+    """Every strip, inside meta strips too."""
+    return editor.strips_all if _NEW_API else editor.sequences_all
+
+
+def set_file_format(image_settings: bpy.types.ImageFormatSettings, file_format: str) -> None:
+    """Set a render output format; Blender 5.0 first needs the matching media type."""
+    if hasattr(image_settings, "media_type"):
+        image_settings.media_type = "VIDEO" if file_format == "FFMPEG" else "IMAGE"
+    image_settings.file_format = file_format

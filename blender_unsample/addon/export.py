@@ -1,0 +1,90 @@
+"""Render one strip's own pixels, and nothing else, to numbered PNGs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import bpy
+
+from .compat import set_file_format, top_level_strips
+
+EXPORT_SCENE_NAME = ".unsample-export"
+
+
+class FrameExporter:
+    """Renders frames ``frames`` (scene frame numbers) of ``strip`` to ``folder``, a few per call.
+
+    It works on a temporary copy of the scene in which every other top-level strip is muted, so
+    the strip's trims, transforms, modifiers and (for meta strips) contents render exactly as in
+    the timeline while other channels stay out. The user's scene is never modified.
+    """
+
+    def __init__(
+        self,
+        scene: bpy.types.Scene,
+        strip: bpy.types.Sequence,
+        frames: range,
+        folder: Path,
+        size: tuple[int, int],
+    ) -> None:
+        self.frames = frames
+        self.folder = folder
+        self.paths: list[Path] = []
+        folder.mkdir(parents=True, exist_ok=True)
+        self._copy = scene.copy()
+        self._copy.name = EXPORT_SCENE_NAME
+        _isolate(self._copy, strip.name)
+        _set_output(self._copy, scene, size)
+        self.size = (
+            self._copy.render.resolution_x * self._copy.render.resolution_percentage // 100,
+            self._copy.render.resolution_y * self._copy.render.resolution_percentage // 100,
+        )
+
+    @property
+    def done(self) -> bool:
+        return len(self.paths) == len(self.frames)
+
+    def step(self, budget: float) -> None:
+        """Render frames until ``budget`` seconds have passed (at least one frame per call)."""
+        started = time.perf_counter()
+        while not self.done:
+            index = len(self.paths)
+            path = self.folder / f"frame_{index:06d}.png"
+            self._copy.frame_current = self.frames[index]
+            self._copy.render.filepath = str(path)
+            bpy.ops.render.render(write_still=True, scene=self._copy.name)
+            if not path.is_file():
+                raise OSError(f"Blender did not write {path}")
+            self.paths.append(path)
+            if time.perf_counter() - started >= budget:
+                return
+
+    def close(self) -> None:
+        """Remove the temporary scene; safe to call more than once."""
+        if self._copy is not None:
+            bpy.data.scenes.remove(self._copy)
+            self._copy = None
+
+
+def _isolate(copy: bpy.types.Scene, strip_name: str) -> None:
+    for strip in top_level_strips(copy.sequence_editor):
+        strip.mute = strip.name != strip_name
+
+
+def _set_output(copy: bpy.types.Scene, scene: bpy.types.Scene, size: tuple[int, int]) -> None:
+    render = copy.render
+    render.use_sequencer = True
+    render.use_compositing = False
+    # Scale the whole frame (not the resolution, which would move the strips) to near the model size.
+    render.resolution_percentage = max(1, min(400, round(100 * size[0] / scene.render.resolution_x)))
+    settings = render.image_settings
+    set_file_format(settings, "PNG")
+    settings.color_mode = "RGB"
+    settings.color_depth = "8"
+    settings.compression = 15  # fast: these files live only as long as the job
+    # The strip's own pixels: no view transform or look baked into the exported frames.
+    copy.view_settings.view_transform = "Standard"
+    copy.view_settings.look = "None"
+    copy.view_settings.exposure = 0.0
+    copy.view_settings.gamma = 1.0

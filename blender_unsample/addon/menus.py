@@ -1,0 +1,24 @@
+"""Restyle and Preview in the Strip menu and the strip context menu."""
+
+import bpy
+
+
+def draw_entries(self: bpy.types.Menu, context: bpy.types.Context) -> None:
+    layout = self.layout
+    layout.separator()
+    layout.operator("sequencer.unsample_restyle", icon="BRUSHES_ALL")
+    layout.operator("sequencer.unsample_preview", icon="HIDE_OFF")
+
+
+MENUS = ("SEQUENCER_MT_strip", "SEQUENCER_MT_context_menu")
+classes = ()
+
+
+def register() -> None:
+    for name in MENUS:
+        getattr(bpy.types, name).append(draw_entries)
+
+
+def unregister() -> None:
+    for name in MENUS:
+        getattr(bpy.types, name).remove(draw_entries)

@@ -1,0 +1,90 @@
+"""What Restyle and Preview share: queue strips, then drive the batch to its end.
+
+Interactively the batch runs under a modal operator woken by a timer, so Blender stays usable
+and Esc cancels; from scripts and in background mode ``execute`` blocks until the batch is over.
+"""
+
+from __future__ import annotations
+
+import time
+
+import bpy
+
+from ..runner import RUNNER
+
+TIMER_INTERVAL = 0.1
+
+
+class BatchOperator:
+    """Mixin for operators that queue strips on the runner. Subclasses pick the strips."""
+
+    preview = False
+    _driving = False  # a modal operator is already moving the batch forward
+    _timer = None
+
+    def strips(self, context: bpy.types.Context) -> list:
+        raise NotImplementedError
+
+    def enqueue(self, context: bpy.types.Context) -> bool:
+        strips = self.strips(context)
+        if not strips:
+            self.report({"WARNING"}, "Nothing to restyle: select a movie, image, scene or meta strip")
+            return False
+        try:
+            RUNNER.enqueue(context.scene, strips, self.preview)
+        except OSError as error:
+            self.report({"ERROR"}, f"Cannot create the job folder: {error}")
+            return False
+        return True
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if not self.enqueue(context):
+            return {"CANCELLED"}
+        if BatchOperator._driving:
+            self.report({"INFO"}, "Queued after the strips already being restyled")
+            return {"FINISHED"}
+        BatchOperator._driving = True
+        self._timer = context.window_manager.event_timer_add(TIMER_INTERVAL, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if event.type == "ESC" and event.value == "PRESS":
+            RUNNER.cancel()
+            return {"RUNNING_MODAL"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        if RUNNER.tick():
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        BatchOperator._driving = False
+        self._report_outcomes()
+        return {"FINISHED"}
+
+    def cancel(self, context: bpy.types.Context) -> None:
+        # Blender is closing the window or quitting while the batch runs.
+        RUNNER.cancel()
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+        BatchOperator._driving = False
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        if not self.enqueue(context):
+            return {"CANCELLED"}
+        if BatchOperator._driving:
+            return {"FINISHED"}
+        last_print = 0.0
+        while RUNNER.tick():
+            time.sleep(0.02)
+            if time.monotonic() - last_print > 5:
+                last_print = time.monotonic()
+                state = context.window_manager.unsample
+                print(f"Unsample: strip {state.strip_index}/{state.strip_count} {state.stage} {state.progress:.0%}")
+        return self._report_outcomes()
+
+    def _report_outcomes(self) -> set[str]:
+        failed = [o for o in RUNNER.outcomes if not o.ok]
+        for outcome in RUNNER.outcomes:
+            level = "INFO" if outcome.ok else "WARNING" if RUNNER.cancelled else "ERROR"
+            self.report({level}, f"{outcome.strip}: {outcome.message}")
+        return {"FINISHED"} if len(failed) < len(RUNNER.outcomes) else {"CANCELLED"}

@@ -1,0 +1,216 @@
+"""The "Unsample" tab in the Sequencer sidebar, and the job's progress in the status bar."""
+
+from __future__ import annotations
+
+import textwrap
+
+import bpy
+
+from .runner import RUNNER
+from .strips import restylable_reason, strips_to_restyle
+
+ACTIVE = {"EXPORTING", "RUNNING"}
+
+
+def format_eta(seconds: float) -> str:
+    if seconds < 0:
+        return "estimating…"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d} left" if hours else f"{minutes}:{secs:02d} left"
+
+
+def _wrapped(layout: bpy.types.UILayout, text: str, width: int, icon: str = "NONE") -> None:
+    # Labels do not wrap: split by the sidebar's width (about 7 pixels a character).
+    lines = textwrap.wrap(text, max(20, width // 7)) or [""]
+    for i, line in enumerate(lines):
+        layout.label(text=line, icon=icon if i == 0 else "BLANK1")
+
+
+class _SidebarPanel:
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "Unsample"
+
+
+class SEQUENCER_PT_unsample(_SidebarPanel, bpy.types.Panel):
+    bl_label = "Unsample"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return context.scene is not None
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        scene = context.scene
+        settings = scene.unsample
+        strips = strips_to_restyle(scene)
+        usable = [s for s in strips if restylable_reason(s) is None]
+
+        if not strips:
+            layout.label(text="Select strips to restyle", icon="INFO")
+        elif len(strips) == 1:
+            reason = restylable_reason(strips[0])
+            _wrapped(layout, reason or strips[0].name, context.region.width, "ERROR" if reason else "SEQUENCE")
+        else:
+            layout.label(text=f"{len(usable)} of {len(strips)} selected strips can be restyled", icon="SEQUENCE")
+
+        layout.prop(settings, "prompt", text="", placeholder="Style prompt, e.g. an oil painting")
+        row = layout.row(align=True)
+        row.scale_y = 1.5
+        label = "Restyle" if len(usable) < 2 else f"Restyle {len(usable)} Strips"
+        row.operator("sequencer.unsample_restyle", text=label, icon="BRUSHES_ALL")
+        row.operator("sequencer.unsample_preview", text="", icon="HIDE_OFF")
+        draw_job_box(layout, context)
+
+
+def draw_job_box(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    state = context.window_manager.unsample
+    if state.status == "IDLE":
+        return
+    box = layout.box()
+    width = context.region.width if context.region else 300
+    if state.status in ACTIVE:
+        header = state.strip_name if state.strip_count < 2 else f"Strip {state.strip_index} of {state.strip_count}"
+        box.label(text=header, icon="SEQUENCE")
+        box.progress(factor=state.progress, type="BAR", text=f"{state.progress:.0%}  {state.stage}")
+        row = box.row()
+        row.label(text=format_eta(state.eta), icon="TIME")
+        row.label(text=f"{state.frames_done}/{state.frames_total} frames")
+        box.operator("sequencer.unsample_cancel", text="Cancel", icon="CANCEL")
+        return
+    icon = {"FINISHED": "CHECKMARK", "CANCELLED": "CANCEL", "FAILED": "ERROR"}[state.status]
+    _wrapped(box, state.message or state.status.title(), width, icon)
+    if state.status == "FAILED" and state.log_tail:
+        column = box.column(align=True)
+        column.scale_y = 0.8
+        for line in state.log_tail.splitlines()[-3:]:
+            column.label(text=line[-80:])
+
+
+class SEQUENCER_PT_unsample_prompts(_SidebarPanel, bpy.types.Panel):
+    bl_label = "Prompts"
+    bl_parent_id = "SEQUENCER_PT_unsample"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.unsample
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(settings, "negative_prompt")
+        layout.prop(settings, "unsample_prompt_mode", text="Unsample With")
+        if settings.unsample_prompt_mode == "CUSTOM":
+            layout.prop(settings, "unsample_prompt", placeholder="What the footage shows")
+
+
+class SEQUENCER_PT_unsample_models(_SidebarPanel, bpy.types.Panel):
+    bl_label = "Models"
+    bl_parent_id = "SEQUENCER_PT_unsample"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.unsample
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(settings, "family")
+        layout.prop(settings, "checkpoint", placeholder="Default")
+        row = layout.row(heading="Motion Module")
+        row.prop(settings, "use_motion_module", text="")
+        sub = row.row()
+        sub.active = settings.use_motion_module
+        sub.prop(settings, "motion_module", text="", placeholder="Default")
+        row = layout.row()
+        row.active = settings.control != "none"
+        row.prop(settings, "controlnet_model", placeholder="Default")
+        layout.prop(settings, "vae", placeholder="Checkpoint's own")
+
+
+class SEQUENCER_PT_unsample_sampling(_SidebarPanel, bpy.types.Panel):
+    bl_label = "Sampling"
+    bl_parent_id = "SEQUENCER_PT_unsample"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.unsample
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(settings, "steps")
+        layout.prop(settings, "sampler")
+        layout.prop(settings, "scheduler")
+        column = layout.column(align=True)
+        column.prop(settings, "unsample_cfg")
+        column.prop(settings, "cfg")
+        layout.prop(settings, "noise")
+        row = layout.row()
+        row.active = settings.noise > 0
+        row.prop(settings, "seed")
+
+
+class SEQUENCER_PT_unsample_control(_SidebarPanel, bpy.types.Panel):
+    bl_label = "Control"
+    bl_parent_id = "SEQUENCER_PT_unsample"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.unsample
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(settings, "control")
+        column = layout.column(align=True)
+        column.active = settings.control != "none"
+        column.prop(settings, "controlnet_strength")
+        column.prop(settings, "control_start")
+        column.prop(settings, "control_end")
+
+
+class SEQUENCER_PT_unsample_frames(_SidebarPanel, bpy.types.Panel):
+    bl_label = "Frames"
+    bl_parent_id = "SEQUENCER_PT_unsample"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        scene = context.scene
+        settings = scene.unsample
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(settings, "resolution")
+        if settings.resolution == "CUSTOM":
+            column = layout.column(align=True)
+            column.prop(settings, "width")
+            column.prop(settings, "height")
+        width, height = settings.processing_size(scene)
+        layout.label(text=f"Model works at {width} x {height}", icon="IMAGE_DATA")
+        column = layout.column(align=True)
+        column.prop(settings, "context")
+        column.prop(settings, "overlap")
+        layout.prop(settings, "fusion")
+        layout.prop(settings, "looped")
+        layout.prop(settings, "frame_range")
+
+
+def draw_status_bar(self: bpy.types.Header, context: bpy.types.Context) -> None:
+    state = context.window_manager.unsample
+    if state.status not in ACTIVE or not RUNNER.busy:
+        return
+    text = f"Unsample {state.strip_index}/{state.strip_count}: {state.stage}"
+    self.layout.progress(factor=state.progress, type="BAR", text=text)
+
+
+classes = (
+    SEQUENCER_PT_unsample,
+    SEQUENCER_PT_unsample_prompts,
+    SEQUENCER_PT_unsample_models,
+    SEQUENCER_PT_unsample_sampling,
+    SEQUENCER_PT_unsample_control,
+    SEQUENCER_PT_unsample_frames,
+)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
+def register() -> None:
+    _register_classes()
+    bpy.types.STATUSBAR_HT_header.append(draw_status_bar)
+
+
+def unregister() -> None:
+    bpy.types.STATUSBAR_HT_header.remove(draw_status_bar)
+    _unregister_classes()

@@ -1,0 +1,234 @@
+"""Settings saved with the scene, and run-time job state kept on the window manager (never saved).
+
+Defaults, limits and tooltips of every setting that the worker also knows come from the
+worker's own :class:`JobSpec` fields, so Blender and the command line cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import bpy
+
+from ..engine.protocol import DEFAULT_MODELS, NATIVE_SIZE, JobSpec
+
+_FIELDS = {f.name: f for f in dataclasses.fields(JobSpec)}
+_INT_MAX = 2**31 - 1
+
+_LABELS = {
+    "euler": ("Euler", "First order; the method's reference sampler"),
+    "dpmpp_2m": ("DPM++ 2M", "Second order multistep: a closer round trip at the same cost"),
+    "ays": ("Align Your Steps", "NVIDIA's optimised schedule for the model family"),
+    "karras": ("Karras", "Karras et al. (2022), rho 7"),
+    "exponential": ("Exponential", "Evenly spaced in log sigma"),
+    "normal": ("Normal", "Evenly spaced training timesteps"),
+    "pyramid": ("Pyramid", "Each window's middle frames weigh most: smooth seams"),
+    "flat": ("Flat", "Every frame of a window weighs the same"),
+    "none": ("None", "No ControlNet"),
+    "canny": ("Canny Edges", "Keep the source's edges"),
+    "tile": ("Tile", "Keep the source's colours and layout"),
+}
+
+
+def _from_spec(name: str, label: str, **extra: object) -> object:
+    """A Blender property mirroring the JobSpec field ``name``."""
+    spec_field = _FIELDS[name]
+    meta, default = spec_field.metadata, spec_field.default
+    description = meta["help"][0].upper() + meta["help"][1:]
+    common = {"name": label, "description": description, **extra}
+    if "choices" in meta:
+        items = [(c, *_LABELS.get(c, (c, ""))) for c in meta["choices"]]
+        return bpy.props.EnumProperty(items=items, default=default, **common)
+    if isinstance(default, bool):
+        return bpy.props.BoolProperty(default=default, **common)
+    if isinstance(default, int):
+        limits = {"min": meta["low"], "max": min(meta["high"], _INT_MAX)}
+        return bpy.props.IntProperty(default=default, **limits, **common)
+    if isinstance(default, float):
+        limits = {"min": meta["low"], "max": meta["high"]}
+        return bpy.props.FloatProperty(default=default, **limits, **common)
+    return bpy.props.StringProperty(default=default or "", **common)
+
+
+class UnsampleSettings(bpy.types.PropertyGroup):
+    """Everything a restyle needs from the user, stored in the scene (``scene.unsample``)."""
+
+    # Models
+    family: bpy.props.EnumProperty(
+        name="Model Family",
+        items=[("sd15", "SD 1.5", "Stable Diffusion 1.5 with AnimateDiff; 512 px")],
+        default="sd15",
+    )
+    checkpoint: bpy.props.StringProperty(
+        name="Checkpoint",
+        description="Diffusers folder or Hugging Face id. Empty: " + DEFAULT_MODELS["sd15"].checkpoint,
+        subtype="DIR_PATH",
+    )
+    use_motion_module: bpy.props.BoolProperty(
+        name="Motion Module",
+        description="Keep frames consistent with an AnimateDiff motion module (off: each frame on its own)",
+        default=True,
+    )
+    motion_module: bpy.props.StringProperty(
+        name="Motion Module",
+        description="Diffusers folder or Hugging Face id. Empty: " + DEFAULT_MODELS["sd15"].motion_adapter,
+        subtype="DIR_PATH",
+    )
+    controlnet_model: bpy.props.StringProperty(
+        name="ControlNet",
+        description="Diffusers folder or Hugging Face id. Empty: the family's ControlNet for the hint",
+        subtype="DIR_PATH",
+    )
+    vae: bpy.props.StringProperty(
+        name="VAE", description="A separate VAE folder or Hugging Face id. Empty: the checkpoint's own"
+    )
+
+    # Prompts
+    prompt: _from_spec("prompt", "Style", options={"TEXTEDIT_UPDATE"})
+    negative_prompt: _from_spec("negative_prompt", "Negative")
+    unsample_prompt_mode: bpy.props.EnumProperty(
+        name="Unsample Prompt",
+        items=[
+            ("SAME", "Same as Style", "Unsample with the style prompt: the most faithful round trip"),
+            ("BLANK", "Blank", "Unsample with an empty prompt"),
+            ("CUSTOM", "Describe Source", "Unsample with a prompt that describes the footage"),
+        ],
+        default="SAME",
+    )
+    unsample_prompt: bpy.props.StringProperty(
+        name="Source", description="What the footage shows, used for the unsample pass"
+    )
+
+    # Sampling
+    steps: _from_spec("steps", "Steps")
+    sampler: _from_spec("sampler", "Sampler")
+    scheduler: _from_spec("scheduler", "Schedule")
+    cfg: _from_spec("cfg", "Style CFG")
+    unsample_cfg: _from_spec("unsample_cfg", "Unsample CFG")
+    noise: _from_spec("noise", "Fresh Noise", subtype="FACTOR")
+    seed: _from_spec("seed", "Seed")
+
+    # Control
+    control: _from_spec("control", "Hint")
+    controlnet_strength: _from_spec("controlnet_strength", "Strength")
+    control_start: _from_spec("control_start", "Start", subtype="FACTOR")
+    control_end: _from_spec("control_end", "End", subtype="FACTOR")
+
+    # Frames
+    resolution: bpy.props.EnumProperty(
+        name="Resolution",
+        items=[
+            ("MODEL", "Model", "About the model's native pixel count, in the scene's aspect ratio"),
+            ("CUSTOM", "Custom", "A width and height of your own (multiples of 8)"),
+        ],
+        default="MODEL",
+    )
+    width: bpy.props.IntProperty(name="Width", default=512, min=64, max=4096, step=8)
+    height: bpy.props.IntProperty(name="Height", default=512, min=64, max=4096, step=8)
+    context: _from_spec("context", "Context")
+    overlap: _from_spec("overlap", "Overlap")
+    fusion: _from_spec("fusion", "Blend")
+    looped: _from_spec("looped", "Loop")
+    frame_range: bpy.props.EnumProperty(
+        name="Frames",
+        items=[
+            ("WHOLE", "Whole Strip", "Every frame of the strip, as trimmed"),
+            ("PLAYHEAD", "Around Playhead", "One context window of frames around the playhead"),
+        ],
+        default="WHOLE",
+    )
+
+    def processing_size(self, scene: bpy.types.Scene) -> tuple[int, int]:
+        """The size the model works at, multiples of 8."""
+        if self.resolution == "CUSTOM":
+            return self.width // 8 * 8, self.height // 8 * 8
+        return model_size(scene.render.resolution_x / scene.render.resolution_y, NATIVE_SIZE[self.family])
+
+    def job_spec(self, frames: str, out: str, size: tuple[int, int], **overrides: object) -> JobSpec:
+        """The worker's job for these settings."""
+        unsample_prompt = {"SAME": None, "BLANK": "", "CUSTOM": self.unsample_prompt}[self.unsample_prompt_mode]
+        settings = {
+            "frames": frames,
+            "out": out,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "unsample_prompt": unsample_prompt,
+            "family": self.family,
+            "model": _model_path(self.checkpoint),
+            "motion_adapter": _model_path(self.motion_module) if self.use_motion_module else "none",
+            "vae": _model_path(self.vae),
+            "controlnet": _model_path(self.controlnet_model),
+            "width": size[0],
+            "height": size[1],
+            **{name: getattr(self, name) for name in _MIRRORED},
+        }
+        return JobSpec(**{**settings, **overrides})
+
+
+def _model_path(value: str) -> str:
+    """A folder (relative to the .blend with //) made absolute; Hub ids and "" stay as they are."""
+    return bpy.path.abspath(value) if value.startswith("//") else value
+
+
+_MIRRORED = (
+    "steps", "sampler", "scheduler", "cfg", "unsample_cfg", "noise", "seed", "control", "controlnet_strength",
+    "control_start", "control_end", "context", "overlap", "fusion", "looped",
+)  # fmt: skip
+
+
+def model_size(aspect: float, native: int) -> tuple[int, int]:
+    """Width and height with about ``native`` squared pixels at ``aspect``, multiples of 8."""
+    height = math.sqrt(native * native / aspect)
+    return max(64, round(aspect * height / 8) * 8), max(64, round(height / 8) * 8)
+
+
+def _redraw(_self: bpy.types.PropertyGroup, context: bpy.types.Context) -> None:
+    for window in context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type in {"SEQUENCE_EDITOR", "STATUSBAR"}:
+                area.tag_redraw()
+
+
+class UnsampleJobState(bpy.types.PropertyGroup):
+    """What the panel shows about the running batch (``window_manager.unsample``); not saved."""
+
+    status: bpy.props.EnumProperty(
+        items=[
+            ("IDLE", "Idle", ""),
+            ("EXPORTING", "Exporting", ""),
+            ("RUNNING", "Running", ""),
+            ("FINISHED", "Finished", ""),
+            ("FAILED", "Failed", ""),
+            ("CANCELLED", "Cancelled", ""),
+        ],
+        default="IDLE",
+        update=_redraw,
+    )
+    progress: bpy.props.FloatProperty(min=0.0, max=1.0, subtype="FACTOR", update=_redraw)
+    stage: bpy.props.StringProperty(description="What the worker is doing")
+    eta: bpy.props.FloatProperty(default=-1.0, description="Seconds left in this strip; -1 while unknown")
+    strip_name: bpy.props.StringProperty()
+    strip_index: bpy.props.IntProperty(description="1-based position of the running strip in the batch")
+    strip_count: bpy.props.IntProperty()
+    frames_done: bpy.props.IntProperty()
+    frames_total: bpy.props.IntProperty()
+    message: bpy.props.StringProperty(description="The last result or error")
+    log_tail: bpy.props.StringProperty(description="The worker's last lines of log")
+
+
+classes = (UnsampleSettings, UnsampleJobState)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.unsample = bpy.props.PointerProperty(type=UnsampleSettings)
+    bpy.types.WindowManager.unsample = bpy.props.PointerProperty(type=UnsampleJobState)
+
+
+def unregister() -> None:
+    del bpy.types.WindowManager.unsample
+    del bpy.types.Scene.unsample
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,318 @@
+"""The batch of strip jobs, moved forward in short steps on Blender's main thread.
+
+:meth:`Runner.tick` does a bounded slice of work (render a few frames, apply the worker's
+events, import a finished result) and returns; the modal operator calls it from a timer, the
+blocking path of the operators calls it in a loop. Heavy work happens in the worker process.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+
+from ..engine.protocol import Done, ErrorEvent, FrameWritten, JobSpec, Progress, WarningEvent
+from .export import FrameExporter
+from .paths import new_run_folder, strip_folder
+from .preferences import ADDON_ID
+from .strips import StripRef, add_result_strip, remove_previews, select_only
+from .worker import Worker
+
+TICK_BUDGET = 0.03  # seconds of main-thread work per tick
+EVENTS_PER_TICK = 200
+CANCEL_GRACE = 10.0  # seconds a cancelled worker gets before it is killed
+EXPORT_SHARE = 0.05  # of a strip's progress bar
+STAGE_TEXT = {
+    "load": "Loading models",
+    "encode": "Encoding frames",
+    "unsample": "Unsampling",
+    "resample": "Restyling",
+    "decode": "Decoding frames",
+}
+
+
+@dataclass
+class StripJob:
+    ref: StripRef
+    frames: range  # scene frames to restyle
+    preview: bool
+    run_dir: Path
+    exporter: FrameExporter | None = None
+    worker: Worker | None = None
+    spec: JobSpec | None = None
+    done: Done | None = None
+    error: ErrorEvent | None = None
+    warnings: list[str] = field(default_factory=list)
+    cancel_sent_at: float | None = None
+
+    @property
+    def frames_dir(self) -> Path:
+        return self.run_dir / "frames"
+
+    @property
+    def out_dir(self) -> Path:
+        return self.run_dir / "out"
+
+
+@dataclass
+class Outcome:
+    strip: str
+    ok: bool
+    message: str
+
+
+class Runner:
+    """One batch at a time: strips wait in a queue and run one after another (one worker)."""
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[StripJob] = collections.deque()
+        self.current: StripJob | None = None
+        self.outcomes: list[Outcome] = []
+        self.added: list[str] = []  # names of the strips this batch added
+        self.longest_tick = 0.0
+        self.batch_size = 0
+        self.cancelled = False
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None or bool(self.queue)
+
+    def enqueue(self, scene: bpy.types.Scene, strips: list, preview: bool = False) -> int:
+        """Queue ``strips`` of ``scene``; returns how many were queued."""
+        if not self.busy:
+            self.outcomes, self.added, self.batch_size, self.cancelled = [], [], 0, False
+        root = cache_root()
+        for strip in strips:
+            frames = _frames_to_restyle(scene, strip, preview)
+            folder = strip_folder(root, bpy.data.filepath, scene.name, strip.name)
+            run_dir = new_run_folder(folder, "preview" if preview else "restyle")
+            self.queue.append(StripJob(StripRef.of(scene, strip), frames, preview, run_dir))
+        self.batch_size += len(strips)
+        _state().status = "EXPORTING"
+        return len(strips)
+
+    def cancel(self) -> None:
+        """Stop the running strip and drop the rest of the batch; nothing is imported."""
+        self.cancelled = True
+        for job in self.queue:
+            self.outcomes.append(Outcome(job.ref.name, False, "cancelled before it started"))
+        self.queue.clear()
+        job = self.current
+        if job is None:
+            return
+        if job.worker is not None:
+            job.worker.cancel()
+            job.cancel_sent_at = time.monotonic()
+        else:
+            self._finish(job, False, "cancelled")
+
+    def tick(self, budget: float = TICK_BUDGET) -> bool:
+        """Do up to ``budget`` seconds of main-thread work; False once the batch is over."""
+        started = time.perf_counter()
+        try:
+            if self.current is None and self.queue:
+                self._begin(self.queue.popleft())
+            job = self.current
+            if job is not None:
+                try:
+                    self._advance(job, budget)
+                except Exception as error:  # a failed strip must not take the batch down
+                    self._finish(job, False, f"{type(error).__name__}: {error}")
+            if not self.busy:
+                self._end_batch()
+            return self.busy
+        finally:
+            self.longest_tick = max(self.longest_tick, time.perf_counter() - started)
+
+    # --- one strip ---------------------------------------------------------------------------------
+
+    def _begin(self, job: StripJob) -> None:
+        self.current = job
+        state = _state()
+        state.strip_name = job.ref.name
+        state.strip_index = len(self.outcomes) + 1
+        state.strip_count = self.batch_size
+        state.progress, state.eta, state.frames_done = 0.0, -1.0, 0
+        state.frames_total = len(job.frames)
+        state.status = "EXPORTING"
+        state.log_tail = ""
+        scene, strip = job.ref.find()
+        settings = scene.unsample
+        size = settings.processing_size(scene)
+        job.exporter = FrameExporter(scene, strip, job.frames, job.frames_dir, size)
+        job.spec = settings.job_spec(str(job.frames_dir), str(job.out_dir), size, **_preference_overrides(job))
+
+    def _advance(self, job: StripJob, budget: float) -> None:
+        if job.exporter is not None:
+            self._export(job, budget)
+        elif job.worker is not None:
+            self._follow_worker(job)
+
+    def _export(self, job: StripJob, budget: float) -> None:
+        exporter = job.exporter
+        try:
+            exporter.step(budget)
+        except Exception:
+            exporter.close()
+            job.exporter = None
+            raise
+        state = _state()
+        state.stage = f"Exporting frames {len(exporter.paths)}/{len(job.frames)}"
+        state.progress = EXPORT_SHARE * len(exporter.paths) / len(job.frames)
+        if not exporter.done:
+            return
+        exporter.close()
+        job.exporter = None
+        job_file = job.run_dir / "job.json"
+        job_file.write_text(job.spec.to_json(), encoding="utf-8")
+        python = worker_python()
+        job.worker = Worker(
+            python, ["restyle", "--job", str(job_file), "--progress", "json"], job.run_dir / "worker.log"
+        )
+        state.status = "RUNNING"
+        state.stage = STAGE_TEXT["load"]
+
+    def _follow_worker(self, job: StripJob) -> None:
+        worker = job.worker
+        for event in worker.take_events(EVENTS_PER_TICK):
+            self._apply(job, event)
+        if job.cancel_sent_at is not None and time.monotonic() - job.cancel_sent_at > CANCEL_GRACE:
+            worker.kill()
+        if not worker.finished():
+            return
+        _state().log_tail = worker.log_tail()
+        if job.cancel_sent_at is not None:
+            self._finish(job, False, "cancelled")
+        elif job.done is not None and worker.exit_code == 0:
+            self._import(job)
+        else:
+            error = job.error or worker.failure()
+            self._finish(job, False, f"{error.message} [{error.code}]")
+
+    def _apply(self, job: StripJob, event: object) -> None:
+        state = _state()
+        if isinstance(event, Progress):
+            state.progress = EXPORT_SHARE + (1 - EXPORT_SHARE) * event.fraction
+            state.eta = -1.0 if event.eta is None else event.eta
+            state.frames_done = event.frames_done
+            text = STAGE_TEXT.get(event.stage, event.stage)
+            if event.windows:
+                text += f": step {event.step}/{event.total}"
+                if event.windows > 1:
+                    text += f", window {event.window}/{event.windows}"
+            elif event.total:
+                text += f" {event.step}/{event.total}"
+            state.stage = text
+        elif isinstance(event, FrameWritten):
+            state.frames_done = event.index + 1
+        elif isinstance(event, WarningEvent):
+            job.warnings.append(event.message)
+        elif isinstance(event, ErrorEvent):
+            job.error = event
+        elif isinstance(event, Done):
+            job.done = event
+
+    def _import(self, job: StripJob) -> None:
+        names = sorted(p.name for p in job.frames_dir.glob("frame_*.png"))
+        frames = [job.out_dir / name for name in names]
+        missing = [f.name for f in frames if not f.is_file()]
+        if missing or not frames:
+            self._finish(job, False, f"the worker reported done but {len(missing)} frames are missing")
+            return
+        try:
+            scene, source = job.ref.find()
+        except LookupError as error:
+            self._finish(job, False, f"{error}; nothing was added, the styled frames are in {job.out_dir}")
+            return
+        remove_previews(scene, source.name)
+        strip = add_result_strip(scene, source, frames, job.frames.start, job.spec.to_json(), job.preview)
+        self.added.append(strip.name)
+        select_only(scene, set(self.added), strip.name)  # the batch's results, the newest active
+        _push_undo(f"Unsample: add {strip.name}")
+        message = f"added '{strip.name}' on channel {strip.channel}"
+        if job.warnings:
+            message += f" ({len(job.warnings)} warnings: {job.warnings[-1]})"
+        self._finish(job, True, message)
+
+    def _finish(self, job: StripJob, ok: bool, message: str) -> None:
+        if job.exporter is not None:
+            job.exporter.close()
+        if job.worker is not None:
+            job.worker.kill()
+        self.outcomes.append(Outcome(job.ref.name, ok, message))
+        _state().message = f"{job.ref.name}: {message}"
+        self.current = None
+
+    def _end_batch(self) -> None:
+        state = _state()
+        if state.status in {"FINISHED", "FAILED", "CANCELLED", "IDLE"}:
+            return
+        failed = [o for o in self.outcomes if not o.ok]
+        state.status = "CANCELLED" if self.cancelled else "FAILED" if failed else "FINISHED"
+        state.progress = 1.0 if not failed else state.progress
+        state.eta = -1.0
+        state.stage = ""
+        if len(self.outcomes) > 1:
+            state.message = f"{len(self.outcomes) - len(failed)} of {len(self.outcomes)} strips restyled" + (
+                f"; {failed[0].strip}: {failed[0].message}" if failed else ""
+            )
+
+
+def _state() -> bpy.types.PropertyGroup:
+    return bpy.context.window_manager.unsample
+
+
+def _push_undo(message: str) -> None:
+    with contextlib.suppress(RuntimeError):  # no undo stack (background mode): nothing to record
+        bpy.ops.ed.undo_push(message=message)
+
+
+def _frames_to_restyle(scene: bpy.types.Scene, strip: bpy.types.Sequence, preview: bool) -> range:
+    start, end = strip.frame_final_start, strip.frame_final_end
+    if not (preview or scene.unsample.frame_range == "PLAYHEAD"):
+        return range(start, end)
+    # One context window around the playhead, kept inside the strip.
+    length = min(scene.unsample.context, end - start)
+    first = min(max(start, scene.frame_current - length // 2), end - length)
+    return range(first, first + length)
+
+
+def preferences() -> bpy.types.AddonPreferences | None:
+    addon = bpy.context.preferences.addons.get(ADDON_ID)
+    return addon.preferences if addon else None
+
+
+def cache_root() -> Path:
+    prefs = preferences()
+    if prefs and prefs.cache_folder:
+        return Path(bpy.path.abspath(prefs.cache_folder))
+    try:  # an installed extension has a user folder of its own
+        return Path(bpy.utils.extension_path_user(ADDON_ID, create=True))
+    except (ValueError, AttributeError):
+        return Path(tempfile.gettempdir()) / "blender-unsample"
+
+
+def worker_python() -> str:
+    prefs = preferences()
+    if prefs and prefs.worker_python:
+        return bpy.path.abspath(prefs.worker_python)
+    return sys.executable
+
+
+def _preference_overrides(job: StripJob) -> dict[str, object]:
+    prefs = preferences()
+    online = bpy.app.online_access
+    return {
+        "device": prefs.device if prefs else "auto",
+        "allow_download": bool(prefs and prefs.allow_downloads and online),
+        "work_dir": str(job.run_dir / "work"),
+    }
+
+
+RUNNER = Runner()

@@ -1,0 +1,223 @@
+"""The extension end to end in real Blender: strips in, styled strips out, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import bpy
+import numpy as np
+import pytest
+from conftest import image_pixels, strips_of, video_scene, write_frames, write_movie
+
+from blender_unsample.addon import menus, panel
+from blender_unsample.addon.operators import (
+    SEQUENCER_OT_unsample_cancel,
+    SEQUENCER_OT_unsample_preview,
+    SEQUENCER_OT_unsample_restyle,
+)
+from blender_unsample.addon.runner import RUNNER
+
+STRIP_STATE = ("name", "channel", "frame_start", "frame_final_start", "frame_final_duration", "mute", "select")
+
+
+def snapshot(scene) -> dict[str, tuple]:
+    return {s.name: tuple(getattr(s, p) for p in STRIP_STATE if p != "select") for s in strips_of(scene)}
+
+
+def styled_strips(scene) -> list:
+    return [s for s in strips_of(scene) if s.get("unsample_source")]
+
+
+@pytest.fixture
+def movie_strip(addon, tmp_path):
+    scene = video_scene(bpy.context.scene)
+    movie = write_movie(tmp_path / "clip.mp4", write_frames(tmp_path / "src", 14))
+    strip = strips_of(scene).new_movie("Clip", str(movie), 2, 1, fit_method="FIT")
+    strip.frame_offset_start = 2  # trimmed: the first two frames are not part of the edit
+    strip.frame_offset_end = 1
+    strip.select = True
+    scene.sequence_editor.active_strip = strip
+    return strip
+
+
+@pytest.fixture
+def image_strip(addon, tmp_path):
+    scene = video_scene(bpy.context.scene)
+    frames = write_frames(tmp_path / "images", 6)
+    strip = strips_of(scene).new_image("Shots", str(frames[0]), 1, 30, fit_method="FIT")
+    for frame in frames[1:]:
+        strip.elements.append(frame.name)
+    strip.select = True
+    scene.sequence_editor.active_strip = strip
+    return strip
+
+
+def check_styled(scene, source, before, active=True):
+    [styled] = [s for s in styled_strips(scene) if s["unsample_source"] == source.name]
+    assert styled.type == "IMAGE"
+    assert styled.frame_final_start == source.frame_final_start
+    assert styled.frame_final_duration == source.frame_final_duration
+    assert styled.channel > source.channel
+    assert styled.select and (scene.sequence_editor.active_strip == styled) == active
+    assert not source.select
+    assert json.loads(styled["unsample_settings"])["prompt"] == "an oil painting"
+    assert snapshot(scene)[source.name] == before[source.name], "the source strip must not change"
+    folder = bpy.path.abspath(styled.directory)
+    first = image_pixels(f"{folder}/{styled.elements[0].filename}")
+    exported = image_pixels(f"{folder}/../frames/frame_000000.png")
+    assert np.abs(first - exported).mean() > 0.02, "the styled frame must differ from the source frame"
+    return styled
+
+
+def test_panel_sub_panels_operators_and_menu_entries_are_registered(addon):
+    for cls in (*panel.classes, SEQUENCER_OT_unsample_restyle, SEQUENCER_OT_unsample_preview):
+        assert cls.is_registered
+    assert {c.bl_label for c in panel.classes} == {"Unsample", "Prompts", "Models", "Sampling", "Control", "Frames"}
+    assert all(c.bl_category == "Unsample" and c.bl_region_type == "UI" for c in panel.classes)
+    for operator in ("unsample_restyle", "unsample_preview", "unsample_cancel"):
+        assert hasattr(bpy.ops.sequencer, operator)
+    for name in menus.MENUS:
+        assert menus.draw_entries in getattr(bpy.types, name).draw._draw_funcs
+
+
+def poll_message(operator, context) -> tuple[bool, str]:
+    messages = []
+    original = operator.poll_message_set
+    operator.poll_message_set = classmethod(lambda cls, text: messages.append(text))
+    try:
+        return operator.poll(context), (messages or [""])[-1]
+    finally:
+        operator.poll_message_set = original
+
+
+def test_poll_explains_why_the_buttons_are_grey(addon, tmp_path):
+    scene = bpy.context.scene
+    assert poll_message(SEQUENCER_OT_unsample_restyle, bpy.context) == (False, "This scene has no sequencer strips")
+    video_scene(scene)
+    try:  # Blender 5.0 takes a length, 4.2 an end frame
+        color = strips_of(scene).new_effect("Color", "COLOR", 1, frame_start=1, length=10)
+    except TypeError:
+        color = strips_of(scene).new_effect("Color", "COLOR", 1, frame_start=1, frame_end=11)
+    color.select = False
+    scene.sequence_editor.active_strip = None
+    assert poll_message(SEQUENCER_OT_unsample_restyle, bpy.context)[1] == "Select a movie, image, scene or meta strip"
+    color.select = True
+    ok, message = poll_message(SEQUENCER_OT_unsample_restyle, bpy.context)
+    assert not ok and "only movie, image, scene and meta strips" in message
+    frames = write_frames(tmp_path / "f", 2)
+    image = strips_of(scene).new_image("Shots", str(frames[0]), 2, 1)
+    image.select, color.select = True, False
+    scene.sequence_editor.active_strip = image
+    assert poll_message(SEQUENCER_OT_unsample_restyle, bpy.context)[0]
+    scene.unsample.prompt = ""
+    assert poll_message(SEQUENCER_OT_unsample_restyle, bpy.context) == (False, "Type a style prompt first")
+    assert poll_message(SEQUENCER_OT_unsample_cancel, bpy.context) == (False, "No restyle is running")
+
+
+def test_a_trimmed_movie_strip_becomes_a_styled_strip_above_it(movie_strip):
+    scene = bpy.context.scene
+    before = snapshot(scene)
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    styled = check_styled(scene, movie_strip, before)
+    assert styled.frame_final_duration == 14 - 2 - 1
+    assert scene.unsample.prompt == "an oil painting"
+    state = bpy.context.window_manager.unsample
+    assert state.status == "FINISHED" and "added" in state.message
+
+
+def test_an_image_sequence_strip_becomes_a_styled_strip(image_strip):
+    scene = bpy.context.scene
+    before = snapshot(scene)
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    check_styled(scene, image_strip, before)
+
+
+def test_a_batch_of_two_selected_strips_gives_two_styled_strips(image_strip, tmp_path):
+    scene = bpy.context.scene
+    frames = write_frames(tmp_path / "more", 5)
+    second = strips_of(scene).new_image("More", str(frames[0]), 1, 40, fit_method="FIT")
+    for frame in frames[1:]:
+        second.elements.append(frame.name)
+    second.select = image_strip.select = True
+    before = snapshot(scene)
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    check_styled(scene, image_strip, before, active=False)
+    check_styled(scene, second, before)
+    assert [o.ok for o in RUNNER.outcomes] == [True, True]
+
+
+def run_interactively(scene, on_tick=None) -> list[float]:
+    """Drive a queued batch the way the modal operator does: one tick per timer event."""
+    durations = []
+    while True:
+        started = time.perf_counter()
+        busy = RUNNER.tick()
+        durations.append(time.perf_counter() - started)
+        if on_tick:
+            on_tick()
+        if not busy:
+            return durations
+        time.sleep(0.01)
+
+
+def test_main_thread_ticks_stay_short_during_a_job(image_strip, record_property):
+    scene = bpy.context.scene
+    RUNNER.enqueue(scene, [image_strip])
+    durations = run_interactively(scene)
+    assert len(styled_strips(scene)) == 1
+    longest = max(durations)
+    record_property("longest_tick_ms", round(longest * 1000, 1))
+    print(f"\nmain-thread ticks: {len(durations)}, longest {longest * 1000:.1f} ms, "
+          f"median {sorted(durations)[len(durations) // 2] * 1000:.2f} ms")  # fmt: skip
+
+
+def test_cancel_leaves_the_sequencer_as_it_was(image_strip):
+    scene = bpy.context.scene
+    before = snapshot(scene)
+    RUNNER.enqueue(scene, [image_strip])
+    state = bpy.context.window_manager.unsample
+
+    def cancel_once_running():
+        if state.status == "RUNNING" and state.stage.startswith(("Unsampling", "Restyling", "Encoding")):
+            RUNNER.cancel()
+
+    run_interactively(scene, cancel_once_running)
+    assert state.status == "CANCELLED"
+    assert snapshot(scene) == before
+    assert not styled_strips(scene)
+
+
+def test_a_strip_moved_during_its_job_gets_no_result_in_the_wrong_place(image_strip):
+    scene = bpy.context.scene
+    RUNNER.enqueue(scene, [image_strip])
+    state = bpy.context.window_manager.unsample
+
+    def move_once_running():
+        if state.status == "RUNNING" and image_strip.frame_start == 30:
+            image_strip.frame_start = 50
+
+    run_interactively(scene, move_once_running)
+    assert not styled_strips(scene)
+    assert state.status == "FAILED" and "moved or trimmed" in state.message
+
+
+def test_preview_restyles_a_window_at_the_playhead_and_the_full_run_replaces_it(movie_strip):
+    scene = bpy.context.scene
+    scene.unsample.context = 4
+    scene.frame_current = movie_strip.frame_final_start + 5
+    assert bpy.ops.sequencer.unsample_preview() == {"FINISHED"}
+    [preview] = styled_strips(scene)
+    assert preview.get("unsample_preview")
+    assert preview.frame_final_duration == 4
+    assert preview.frame_final_start == scene.frame_current - 2
+    scene.sequence_editor.active_strip = movie_strip
+    assert bpy.ops.sequencer.unsample_preview() == {"FINISHED"}
+    assert len(styled_strips(scene)) == 1, "a new preview replaces the old one"
+    movie_strip.select = True
+    for strip in styled_strips(scene):
+        strip.select = False
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    [final] = styled_strips(scene)
+    assert not final.get("unsample_preview")
+    assert final.frame_final_duration == movie_strip.frame_final_duration
