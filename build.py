@@ -3,22 +3,38 @@
 
     python3 build.py test [PYTEST ARGS]   every test: ruff, the engine, and the Blender side in
                                           Blender 5.0 and in Blender 4.2 LTS (set-up included)
+    python3 build.py wheels [OPTIONS]     fetch cp311 wheels of the worker's dependencies (pyproject's
+                                          `engine` extra) into wheels/ and list them in the manifest
+        --platform P [P ...]              windows-x64 linux-x64 macos-arm64 (default: all three)
+        --torch-index URL                 take torch from that index too (e.g. a CUDA build's)
+        --lite                            leave torch out: the worker Python set in the add-on's
+                                          preferences brings its own
+        --wheelhouse DIR                  offline: take every wheel from DIR, no index
+        --requirements REQ [REQ ...]      fetch these instead of the `engine` extra (tests use it)
+    python3 build.py zip                  build dist/unsample-VERSION-PLATFORM.zip per platform with
+                                          Blender's own builder, and check each with its validator
 
 Environments (made on first use, reused while their requirements are unchanged):
     .venv            Python 3.11: torch, diffusers, ..., bpy 5.0 (Blender as a module), pytest, ruff
     .venv-blender42  Python 3.11: bpy 4.2 LTS and pytest only; its tests start workers with .venv
 
 UNSAMPLE_TEST_RUNS=engine,blender50,blender42 picks which of the three pytest runs `test` makes.
+`zip` uses a `blender` on PATH, else the copy of Blender's extension tool inside the bpy package of the
+Python running build.py, else of .venv.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
@@ -148,7 +164,278 @@ def _counts(report: Path) -> dict[str, int]:
     return {"passed": tests - skipped - failed, "failed": failed, "skipped": skipped}
 
 
-COMMANDS = {"test": test}
+# --- wheels: the worker's dependencies, bundled ---------------------------------------------------
+
+MANIFEST = ROOT / "blender_manifest.toml"
+WHEELS = ROOT / "wheels"
+
+
+@dataclass(frozen=True)
+class Platform:
+    """A platform Blender runs on: pip's tags for wheels that run there, and its Python's markers."""
+
+    pip_tags: tuple[str, ...]
+    sys_platform: str
+    platform_system: str
+    platform_machine: str
+
+    @property
+    def markers(self) -> dict[str, str]:
+        """The environment markers (`; sys_platform == "win32"`) of Blender's Python 3.11 there."""
+        return {
+            "sys_platform": self.sys_platform,
+            "platform_system": self.platform_system,
+            "platform_machine": self.platform_machine,
+            "os_name": "nt" if self.sys_platform == "win32" else "posix",
+            "python_version": "3.11",
+            "python_full_version": "3.11.9",  # Blender 4.2's
+            "implementation_name": "cpython",
+        }
+
+
+# Blender 4.2 to 5.0 on Linux need glibc 2.28, so every manylinux wheel from 2.17 (manylinux2014) up
+# to 2.28 runs there; pip does not widen manylinux_2_X tags by itself, hence the list (manylinux2014
+# it widens to 2010 and 1). macOS tags it does widen, down to 11.0 and to universal2 wheels. Blender
+# runs on macOS 11.2, but torch 2.13's only macOS wheel is tagged 14.0: the macOS zip needs Sonoma.
+MANYLINUX_X64 = (*(f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)), "manylinux2014_x86_64")
+PLATFORMS = {
+    "windows-x64": Platform(("win_amd64",), "win32", "Windows", "AMD64"),
+    "linux-x64": Platform(MANYLINUX_X64, "linux", "Linux", "x86_64"),
+    "macos-arm64": Platform(("macosx_14_0_arm64",), "darwin", "Darwin", "arm64"),
+}
+LEFT_OUT_WHEN_LITE = {"torch"}
+# pip evaluates markers against the Python that runs it, even with --platform: from Linux, a Windows
+# download would pull Linux-only CUDA wheels and miss Windows-only ones (colorama). This runs pip with
+# the target's marker values instead, by replacing the function of pip's vendored `packaging` that
+# supplies them; should pip ever move it, the shim fails with an ImportError or AttributeError.
+PIP_FOR_TARGET = """
+import json, runpy, sys
+from pip._vendor.packaging import markers
+target = json.loads(sys.argv.pop(1))
+host = markers.default_environment
+markers.default_environment = lambda: {**host(), **target}
+sys.argv[0] = "pip"
+runpy.run_module("pip", run_name="__main__", alter_sys=True)
+"""
+
+
+def wheels(args: list[str]) -> int:
+    options = _wheels_parser().parse_args(args)
+    options.platform = list(dict.fromkeys(options.platform))
+    requirements = options.requirements or list(EXTRAS["engine"])
+    if options.lite:
+        requirements = [r for r in requirements if _name(r) not in LEFT_OUT_WHEN_LITE]
+    sources = _pip_sources(options)
+    scratch = ROOT / "build" / "wheels-download"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    (scratch / "pip_for_target.py").write_text(PIP_FOR_TARGET, encoding="utf-8")
+    # Pins stay exact on every platform. A pin such as torch==2.13.0 also matches builds named
+    # 2.13.0+cu128 or +cpu (a pin without a local label ignores it), which is how PyTorch's own indexes
+    # name theirs, and a wheel needing a newer OS is taken through the platform's tags (torch's macOS
+    # 14.0 one). Where a pinned version has no wheel for a platform at all, this stops and names the
+    # platform rather than falling back to another version: a version the tests never ran would ship.
+    for platform in options.platform:
+        found = _resolve(platform, requirements, sources, scratch)
+        keep = _needed(found, {_name(r) for r in requirements}, LEFT_OUT_WHEN_LITE if options.lite else set())
+        pins = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in keep]
+        download = ["download", "--no-deps", "--quiet", "--dest", str(scratch / "wheels"), *pins]
+        _pip(platform, download, sources, scratch)
+        print(f"build.py: {platform}: {len(pins)} wheels", flush=True)
+    names = _replace_wheels(sorted((scratch / "wheels").glob("*.whl")))
+    write_manifest_lists(options.platform, names)
+    shutil.rmtree(scratch)
+    print(f"build.py: {len(names)} wheels in wheels/, listed in {MANIFEST.name} for {', '.join(options.platform)}")
+    return 0
+
+
+def _wheels_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="build.py wheels", description="Fetch the worker's wheels into wheels/.")
+    parser.add_argument("--platform", nargs="+", choices=PLATFORMS, default=list(PLATFORMS))
+    parser.add_argument("--torch-index", metavar="URL", help="an index to take torch from (e.g. a CUDA build's)")
+    parser.add_argument("--lite", action="store_true", help="leave torch out: the worker Python brings its own")
+    parser.add_argument("--wheelhouse", metavar="DIR", type=Path, help="offline: take wheels only from DIR")
+    parser.add_argument("--requirements", nargs="+", metavar="REQ", help="instead of pyproject's engine extra")
+    return parser
+
+
+def _pip_sources(options: argparse.Namespace) -> list[str]:
+    if options.wheelhouse and options.torch_index:
+        sys.exit("build.py wheels: --wheelhouse works offline, --torch-index needs an index: pick one")
+    if options.lite and options.torch_index:
+        sys.exit("build.py wheels: --lite leaves torch out, so --torch-index has nothing to fetch")
+    if options.wheelhouse:
+        return ["--no-index", "--find-links", str(options.wheelhouse.resolve())]
+    # An extra index, not the only one: torch's CUDA builds (2.13.0+cu128) outrank PyPI's 2.13.0 where
+    # the index has one for the platform, and PyPI still serves the rest (and torch for macOS).
+    return ["--extra-index-url", options.torch_index] if options.torch_index else []
+
+
+def _resolve(platform: str, requirements: list[str], sources: list[str], scratch: Path) -> list[dict]:
+    """What pip would install for that platform's Blender Python: its report, no download."""
+    report = scratch / f"{platform}.json"
+    # --target only because pip refuses --platform without it; a dry run writes nothing there.
+    install = ["install", "--dry-run", "--ignore-installed", "--quiet", "--target", str(scratch / "target")]
+    _pip(platform, [*install, "--report", str(report), *requirements], sources, scratch)
+    return json.loads(report.read_text(encoding="utf-8"))["install"]
+
+
+def _needed(found: list[dict], roots: set[str], left_out: set[str]) -> list[dict]:
+    """The resolved distributions the roots depend on, never walking into the left-out ones.
+
+    Without anything left out that is all of them. pip has already dropped dependencies whose platform
+    markers are false; those behind `extra == ...` markers are extras nobody asked for."""
+    by_name = {_name(item["metadata"]["name"]): item for item in found}
+    needed: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in needed or name in left_out or name not in by_name:
+            continue
+        needed.add(name)
+        for dependency in by_name[name]["metadata"].get("requires_dist", []):
+            requirement, _, marker = dependency.partition(";")
+            if "extra" not in marker:
+                todo.append(_name(requirement))
+    return [item for name, item in by_name.items() if name in needed or not left_out]
+
+
+def _pip(platform: str, args: list[str], sources: list[str], scratch: Path) -> None:
+    target = PLATFORMS[platform]
+    tags = [f"--platform={tag}" for tag in target.pip_tags]
+    binary = ["--only-binary=:all:", "--python-version=3.11", "--implementation=cp", "--abi=cp311", *tags]
+    command, *rest = args
+    pip = [_pip_python(), str(scratch / "pip_for_target.py"), json.dumps(target.markers), command]
+    pip.append("--disable-pip-version-check")
+    if subprocess.run([*pip, *binary, *sources, *rest]).returncode != 0:
+        sys.exit(
+            f"build.py wheels: pip found no set of cp311 wheels for {platform} (its message is above). If a pinned"
+            " version has no wheel there, leave the platform out (--platform) or change the pin in pyproject.toml"
+        )
+
+
+def _pip_python() -> str:
+    """This Python when it has pip (markers and tags come from the target, not from it), else .venv's."""
+    return sys.executable if importlib.util.find_spec("pip") else str(ensure_environment(MAIN_ENV))
+
+
+def _name(requirement: str) -> str:
+    """The normalised project name at the start of a requirement (PEP 503)."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    if not match:
+        sys.exit(f"build.py: not a requirement: {requirement!r}")
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
+
+
+def _replace_wheels(downloaded: list[Path]) -> list[str]:
+    """Swap the wheels of earlier runs for the new ones; wheels/README.md stays."""
+    for stale in WHEELS.glob("*.whl"):
+        stale.unlink()
+    for wheel in downloaded:
+        wheel.replace(WHEELS / wheel.name)
+    return [wheel.name for wheel in downloaded]
+
+
+def write_manifest_lists(platforms: list[str], wheel_names: list[str]) -> None:
+    """Rewrite the manifest's `platforms` and `wheels` as plain text, so its comments survive.
+
+    `platforms` follows the wheels: a zip for a platform whose wheels were not fetched would install
+    and then fail in the worker."""
+    text = MANIFEST.read_text(encoding="utf-8")
+    head, tables = re.match(r"(.*?)(^\[.*|\Z)", text, re.S | re.M).groups()  # top-level keys end at a table
+    head = _set_list(head, "platforms", [json.dumps(p) for p in platforms], multiline=False)
+    head = _set_list(head, "wheels", [json.dumps(f"./wheels/{name}") for name in wheel_names], multiline=True)
+    MANIFEST.write_text(head + tables, encoding="utf-8")
+
+
+def _set_list(text: str, key: str, values: list[str], *, multiline: bool) -> str:
+    """Set a top-level list in place; a new one goes after `platforms` (or last); an empty one goes."""
+    body = "".join(f"\n  {value}," for value in values) + "\n" if multiline else ", ".join(values)
+    line = f"{key} = [{body}]\n" if values else ""
+    existing = re.search(rf"^{key} = \[.*?\]\n", text, re.S | re.M)
+    if existing:
+        return text[: existing.start()] + line + text[existing.end() :]
+    after = re.search(r"^platforms = \[.*?\]\n", text, re.S | re.M)
+    anchor = after.end() if after else len(text)
+    return text[:anchor] + line + text[anchor:]
+
+
+# --- zip: the extension, built and checked by Blender's own tool -----------------------------------
+
+STAGE = ROOT / "build" / "extension"
+DIST = ROOT / "dist"
+EXTENSION_TOOL = "scripts/addons_core/bl_pkg/cli/blender_ext.py"
+
+
+@dataclass(frozen=True)
+class ExtensionTool:
+    command: tuple[str, ...]  # up to the sub-command
+    options: tuple[str, ...] = ()  # after it: the script alone does not know Blender's list of valid tags
+
+    def __call__(self, subcommand: str, *args: str) -> list[str]:
+        return [*self.command, subcommand, *self.options, *args]
+
+
+def build_zip(args: list[str]) -> int:
+    if args:
+        sys.exit("build.py zip: takes no arguments")
+    tool = extension_tool()
+    manifest = stage_extension()
+    DIST.mkdir(exist_ok=True)
+    for old in DIST.glob(f"{manifest['id']}-*.zip"):
+        old.unlink()
+    run(tool("build", "--source-dir", str(STAGE), "--output-dir", str(DIST), "--split-platforms"))
+    zips = sorted(DIST.glob(f"{manifest['id']}-{manifest['version']}-*.zip"))
+    for path in zips:
+        run(tool("validate", str(path)))
+    if not manifest.get("wheels"):
+        print("build.py: no wheels bundled: the worker needs a Python with torch and diffusers (build.py wheels)")
+    print("build.py: built and validated " + ", ".join(str(path.relative_to(ROOT)) for path in zips))
+    return 0
+
+
+def stage_extension() -> dict:
+    """build/extension/: the add-on package's contents at the top, next to the manifest, LICENSE and the
+    wheels the manifest lists; Blender's builder zips that folder as it is."""
+    manifest = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))
+    shutil.rmtree(STAGE, ignore_errors=True)
+    shutil.copytree(ROOT / "blender_unsample", STAGE, ignore=shutil.ignore_patterns("__pycache__", "*.py[cod]"))
+    for name in (MANIFEST.name, "LICENSE"):
+        shutil.copy2(ROOT / name, STAGE / name)
+    (STAGE / "wheels").mkdir()
+    for listed in manifest.get("wheels", []):
+        source = ROOT / listed
+        if not source.is_file():
+            sys.exit(f"build.py zip: {listed} is listed in {MANIFEST.name} but missing: run build.py wheels")
+        _link_or_copy(source, STAGE / listed)
+    return manifest
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    # A hard link spares copying gigabytes of torch; it needs the same file system.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def extension_tool() -> ExtensionTool:
+    """Blender's `extension` command line: a Blender on PATH, else the script in a bpy package."""
+    if blender := shutil.which("blender"):
+        return ExtensionTool((blender, "--factory-startup", "--command", "extension"))
+    if importlib.util.find_spec("bpy"):
+        python, sites = sys.executable, [Path(sysconfig.get_path("platlib"))]
+    else:
+        python = str(ensure_environment(MAIN_ENV))
+        sites = [*MAIN_ENV.folder.glob("lib/python3.*/site-packages"), MAIN_ENV.folder / "Lib" / "site-packages"]
+    scripts = sorted(script for site in sites for script in site.glob(f"bpy/*/{EXTENSION_TOOL}"))
+    if not scripts:
+        sys.exit(f"build.py zip: no `blender` on PATH and no {EXTENSION_TOOL} in {python}'s bpy package")
+    tags = scripts[-1].parents[3] / "modules" / "_bpy_internal" / "extensions" / "tags.py"
+    return ExtensionTool((python, str(scripts[-1])), (f"--valid-tags={tags}",))
+
+
+COMMANDS = {"test": test, "wheels": wheels, "zip": build_zip}
 
 
 def main(argv: list[str]) -> int:

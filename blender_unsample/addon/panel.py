@@ -6,6 +6,7 @@ import textwrap
 
 import bpy
 
+from .properties import processing_size
 from .runner import RUNNER
 from .strips import restylable_reason, strips_to_restyle
 
@@ -76,7 +77,10 @@ def draw_job_box(layout: bpy.types.UILayout, context: bpy.types.Context) -> None
         box.progress(factor=state.progress, type="BAR", text=f"{state.progress:.0%}  {state.stage}")
         row = box.row()
         row.label(text=format_eta(state.eta), icon="TIME")
-        row.label(text=f"{state.frames_done}/{state.frames_total} frames")
+        decoding = state.frames_done > 0
+        row.label(
+            text=f"{state.frames_done}/{state.frames_total} frames" if decoding else f"{state.frames_total} frames"
+        )
         box.operator("sequencer.unsample_cancel", text="Cancel", icon="CANCEL")
         return
     icon = {"FINISHED": "CHECKMARK", "CANCELLED": "CANCEL", "FAILED": "ERROR"}[state.status]
@@ -177,7 +181,7 @@ class SEQUENCER_PT_unsample_frames(_SidebarPanel, bpy.types.Panel):
             column = layout.column(align=True)
             column.prop(settings, "width")
             column.prop(settings, "height")
-        width, height = settings.processing_size(scene)
+        width, height = processing_size(settings, scene)
         layout.label(text=f"Model works at {width} x {height}", icon="IMAGE_DATA")
         column = layout.column(align=True)
         column.prop(settings, "context")
@@ -191,8 +195,8 @@ def draw_status_bar(self: bpy.types.Header, context: bpy.types.Context) -> None:
     state = context.window_manager.unsample
     if state.status not in ACTIVE or not RUNNER.busy:
         return
-    text = f"Unsample {state.strip_index}/{state.strip_count}: {state.stage}"
-    self.layout.progress(factor=state.progress, type="BAR", text=text)
+    batch = f" {state.strip_index}/{state.strip_count}" if state.strip_count > 1 else ""
+    self.layout.progress(factor=state.progress, type="BAR", text=f"Unsample{batch} {state.progress:.0%}")
 
 
 classes = (

@@ -35,7 +35,7 @@ def _from_spec(name: str, label: str, **extra: object) -> object:
     """A Blender property mirroring the JobSpec field ``name``."""
     spec_field = _FIELDS[name]
     meta, default = spec_field.metadata, spec_field.default
-    description = meta["help"][0].upper() + meta["help"][1:]
+    description = meta["help"]
     common = {"name": label, "description": description, **extra}
     if "choices" in meta:
         items = [(c, *_LABELS.get(c, (c, ""))) for c in meta["choices"]]
@@ -139,31 +139,35 @@ class UnsampleSettings(bpy.types.PropertyGroup):
         default="WHOLE",
     )
 
-    def processing_size(self, scene: bpy.types.Scene) -> tuple[int, int]:
-        """The size the model works at, multiples of 8."""
-        if self.resolution == "CUSTOM":
-            return self.width // 8 * 8, self.height // 8 * 8
-        return model_size(scene.render.resolution_x / scene.render.resolution_y, NATIVE_SIZE[self.family])
 
-    def job_spec(self, frames: str, out: str, size: tuple[int, int], **overrides: object) -> JobSpec:
-        """The worker's job for these settings."""
-        unsample_prompt = {"SAME": None, "BLANK": "", "CUSTOM": self.unsample_prompt}[self.unsample_prompt_mode]
-        settings = {
-            "frames": frames,
-            "out": out,
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "unsample_prompt": unsample_prompt,
-            "family": self.family,
-            "model": _model_path(self.checkpoint),
-            "motion_adapter": _model_path(self.motion_module) if self.use_motion_module else "none",
-            "vae": _model_path(self.vae),
-            "controlnet": _model_path(self.controlnet_model),
-            "width": size[0],
-            "height": size[1],
-            **{name: getattr(self, name) for name in _MIRRORED},
-        }
-        return JobSpec(**{**settings, **overrides})
+# Plain functions, not methods: Blender 4.2's Python module crashes on exit when a registered
+# PropertyGroup class has methods.
+def processing_size(settings: UnsampleSettings, scene: bpy.types.Scene) -> tuple[int, int]:
+    """The size the model works at, multiples of 8."""
+    if settings.resolution == "CUSTOM":
+        return settings.width // 8 * 8, settings.height // 8 * 8
+    return model_size(scene.render.resolution_x / scene.render.resolution_y, NATIVE_SIZE[settings.family])
+
+
+def job_spec(settings: UnsampleSettings, frames: str, out: str, size: tuple[int, int], **overrides: object) -> JobSpec:
+    """The worker's job for these settings."""
+    unsample_prompt = {"SAME": None, "BLANK": "", "CUSTOM": settings.unsample_prompt}[settings.unsample_prompt_mode]
+    values = {
+        "frames": frames,
+        "out": out,
+        "prompt": settings.prompt,
+        "negative_prompt": settings.negative_prompt,
+        "unsample_prompt": unsample_prompt,
+        "family": settings.family,
+        "model": _model_path(settings.checkpoint),
+        "motion_adapter": _model_path(settings.motion_module) if settings.use_motion_module else "none",
+        "vae": _model_path(settings.vae),
+        "controlnet": _model_path(settings.controlnet_model),
+        "width": size[0],
+        "height": size[1],
+        **{name: getattr(settings, name) for name in _MIRRORED},
+    }
+    return JobSpec(**{**values, **overrides})
 
 
 def _model_path(value: str) -> str:

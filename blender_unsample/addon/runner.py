@@ -21,6 +21,7 @@ from ..engine.protocol import Done, ErrorEvent, FrameWritten, JobSpec, Progress,
 from .export import FrameExporter
 from .paths import new_run_folder, strip_folder
 from .preferences import ADDON_ID
+from .properties import job_spec, processing_size
 from .strips import StripRef, add_result_strip, remove_previews, select_only
 from .worker import Worker
 
@@ -143,10 +144,9 @@ class Runner:
         state.status = "EXPORTING"
         state.log_tail = ""
         scene, strip = job.ref.find()
-        settings = scene.unsample
-        size = settings.processing_size(scene)
+        size = processing_size(scene.unsample, scene)
         job.exporter = FrameExporter(scene, strip, job.frames, job.frames_dir, size)
-        job.spec = settings.job_spec(str(job.frames_dir), str(job.out_dir), size, **_preference_overrides(job))
+        job.spec = job_spec(scene.unsample, str(job.frames_dir), str(job.out_dir), size, **_preference_overrides(job))
 
     def _advance(self, job: StripJob, budget: float) -> None:
         if job.exporter is not None:

@@ -16,8 +16,6 @@ import bpy
 import numpy as np
 import pytest
 
-from blender_unsample.addon.compat import set_file_format
-
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = "blender_unsample"
 
@@ -112,6 +110,8 @@ def write_frames(folder: Path, count: int, size=(128, 72)) -> list[Path]:
 
 def write_movie(path: Path, frames: list[Path], fps: int = 24) -> Path:
     """Encode frames to an H.264 MP4 with Blender's own FFmpeg, from a scratch scene."""
+    from blender_unsample.addon.compat import set_file_format
+
     scratch = bpy.data.scenes.new("movie-maker")
     video_scene(scratch, fps=fps)
     strip = strips_of(scratch).new_image("frames", str(frames[0]), 1, 1, fit_method="FIT")

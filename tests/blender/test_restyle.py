@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import bpy
 import numpy as np
@@ -161,15 +162,22 @@ def run_interactively(scene, on_tick=None) -> list[float]:
         time.sleep(0.01)
 
 
-def test_main_thread_ticks_stay_short_during_a_job(image_strip, record_property):
+def test_main_thread_ticks_are_measured_during_a_job(image_strip):
     scene = bpy.context.scene
     RUNNER.enqueue(scene, [image_strip])
     durations = run_interactively(scene)
     assert len(styled_strips(scene)) == 1
-    longest = max(durations)
-    record_property("longest_tick_ms", round(longest * 1000, 1))
-    print(f"\nmain-thread ticks: {len(durations)}, longest {longest * 1000:.1f} ms, "
-          f"median {sorted(durations)[len(durations) // 2] * 1000:.2f} ms")  # fmt: skip
+    # A measurement for the report, not a timed assertion: written next to the test results.
+    report = {
+        "blender": bpy.app.version_string,
+        "ticks": len(durations),
+        "longest_ms": round(max(durations) * 1000, 2),
+        "median_ms": round(sorted(durations)[len(durations) // 2] * 1000, 3),
+    }
+    print(f"\nmain-thread ticks during a job: {report}")
+    results = Path(__file__).resolve().parents[2] / "build" / "test-results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"ticks-blender-{bpy.app.version[0]}.{bpy.app.version[1]}.json").write_text(json.dumps(report))
 
 
 def test_cancel_leaves_the_sequencer_as_it_was(image_strip):
@@ -221,3 +229,51 @@ def test_preview_restyles_a_window_at_the_playhead_and_the_full_run_replaces_it(
     [final] = styled_strips(scene)
     assert not final.get("unsample_preview")
     assert final.frame_final_duration == movie_strip.frame_final_duration
+
+
+def test_scene_and_meta_strips_are_restyled_from_their_rendered_result(addon, tmp_path):
+    scene = video_scene(bpy.context.scene)
+    frames = write_frames(tmp_path / "frames", 5)
+    source = video_scene(bpy.data.scenes.new("Source"))
+    inner = strips_of(source).new_image("Inner", str(frames[0]), 1, 1, fit_method="FIT")
+    for frame in frames[1:]:
+        inner.elements.append(frame.name)
+    source.frame_start, source.frame_end = 1, 5
+    scene_strip = strips_of(scene).new_scene("Shot", source, 1, 1)
+    scene_strip.scene_input = "SEQUENCER"
+    meta = strips_of(scene).new_meta("Group", 3, 20)
+    member = strips_of(scene).new_image("Member", str(frames[0]), 4, 20, fit_method="FIT")
+    for frame in frames[1:]:
+        member.elements.append(frame.name)
+    member.move_to_meta(meta)
+    scene_strip.select = meta.select = True
+    before = snapshot(scene)
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}, [o.message for o in RUNNER.outcomes]
+    check_styled(scene, scene_strip, before, active=False)
+    check_styled(scene, meta, before)
+
+
+def test_undo_removes_the_styled_strip_and_keeps_the_source(image_strip):
+    scene = bpy.context.scene
+    bpy.ops.ed.undo_push(message="the user's last edit")
+    before = snapshot(scene)
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    assert len(styled_strips(bpy.context.scene)) == 1
+    bpy.ops.ed.undo()
+    scene = bpy.context.scene  # undo reloads the data: fetch it again
+    assert not styled_strips(scene)
+    assert snapshot(scene) == before
+
+
+def test_a_failing_worker_is_reported_with_its_reason_and_adds_nothing(image_strip, tmp_path):
+    scene = bpy.context.scene
+    scene.unsample.checkpoint = str(tmp_path / "no-such-model")
+    before = snapshot(scene)
+    with pytest.raises(RuntimeError, match="no-such-model does not exist"):  # scripts see the error
+        bpy.ops.sequencer.unsample_restyle()
+    state = bpy.context.window_manager.unsample
+    assert state.status == "FAILED"
+    assert "no-such-model does not exist [model_not_found]" in state.message
+    assert snapshot(scene) == before and not styled_strips(scene)
+    [run] = (tmp_path / "cache").glob("jobs/*/runs/*")
+    assert (run / "job.json").is_file() and (run / "frames" / "frame_000000.png").is_file(), "kept for a resume"
