@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Unsample's one task runner. Needs only a Python 3.11 to start; it sets up everything else.
 
+    python3 build.py demo [--tiny] [--out DIR]
+                                          the main job: a generated clip restyled in headless Blender
+                                          (--tiny: random-weight models, offline, a few CPU minutes)
     python3 build.py test [PYTEST ARGS]   every test: ruff, the engine, and the Blender side in
                                           Blender 5.0 and in Blender 4.2 LTS (set-up included)
     python3 build.py wheels [OPTIONS]     fetch cp311 wheels of the worker's dependencies (pyproject's
@@ -435,7 +438,39 @@ def extension_tool() -> ExtensionTool:
     return ExtensionTool((python, str(scripts[-1])), (f"--valid-tags={tags}",))
 
 
-COMMANDS = {"test": test, "wheels": wheels, "zip": build_zip}
+# --- demo: the main job, end to end -------------------------------------------------------------------
+
+DEMO_SCRIPT = ROOT / "tests" / "demo" / "demo_in_blender.py"
+HUB = ("huggingface.co", 443)
+
+
+def demo(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="build.py demo", description="Restyle a generated clip in headless Blender.")
+    parser.add_argument("--tiny", action="store_true", help="random-weight tiny models: offline, a few CPU minutes")
+    parser.add_argument("--out", type=Path, default=ROOT / "demo_out", help="output folder (default: demo_out/)")
+    options = parser.parse_args(args)
+    if not options.tiny and not _reachable(HUB):
+        sys.exit(
+            "build.py demo: the default models come from the Hugging Face Hub, which is out of reach from here.\n"
+            "Run `python3 build.py demo --tiny` for the offline demo on random-weight tiny models."
+        )
+    python = ensure_environment(MAIN_ENV)
+    command = [str(python), str(DEMO_SCRIPT), "--out", str(options.out.resolve())]
+    env = dict(os.environ, HF_HUB_OFFLINE="1") if options.tiny else dict(os.environ)
+    return subprocess.run([*command, *(["--tiny"] if options.tiny else [])], cwd=ROOT, env=env).returncode
+
+
+def _reachable(address: tuple[str, int]) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(address, timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+COMMANDS = {"test": test, "wheels": wheels, "zip": build_zip, "demo": demo}
 
 
 def main(argv: list[str]) -> int:

@@ -30,7 +30,10 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
     )
     models_folder: bpy.props.StringProperty(
         name="Models Folder",
-        description="Folder searched for local checkpoints, motion modules and ControlNets",
+        description=(
+            "Folder of your models: a model field may then hold just a folder name inside it "
+            "(checkpoints, motion modules, ControlNets and VAEs as diffusers folders)"
+        ),
         subtype="DIR_PATH",
     )
     cache_folder: bpy.props.StringProperty(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import bpy
 
@@ -149,8 +150,15 @@ def processing_size(settings: UnsampleSettings, scene: bpy.types.Scene) -> tuple
     return model_size(scene.render.resolution_x / scene.render.resolution_y, NATIVE_SIZE[settings.family])
 
 
-def job_spec(settings: UnsampleSettings, frames: str, out: str, size: tuple[int, int], **overrides: object) -> JobSpec:
-    """The worker's job for these settings."""
+def job_spec(
+    settings: UnsampleSettings,
+    frames: str,
+    out: str,
+    size: tuple[int, int],
+    models_folder: str = "",
+    **overrides: object,
+) -> JobSpec:
+    """The worker's job for these settings; model names may be relative to ``models_folder``."""
     unsample_prompt = {"SAME": None, "BLANK": "", "CUSTOM": settings.unsample_prompt}[settings.unsample_prompt_mode]
     values = {
         "frames": frames,
@@ -159,10 +167,10 @@ def job_spec(settings: UnsampleSettings, frames: str, out: str, size: tuple[int,
         "negative_prompt": settings.negative_prompt,
         "unsample_prompt": unsample_prompt,
         "family": settings.family,
-        "model": _model_path(settings.checkpoint),
-        "motion_adapter": _model_path(settings.motion_module) if settings.use_motion_module else "none",
-        "vae": _model_path(settings.vae),
-        "controlnet": _model_path(settings.controlnet_model),
+        "model": _model_path(settings.checkpoint, models_folder),
+        "motion_adapter": _model_path(settings.motion_module, models_folder) if settings.use_motion_module else "none",
+        "vae": _model_path(settings.vae, models_folder),
+        "controlnet": _model_path(settings.controlnet_model, models_folder),
         "width": size[0],
         "height": size[1],
         **{name: getattr(settings, name) for name in _MIRRORED},
@@ -170,9 +178,16 @@ def job_spec(settings: UnsampleSettings, frames: str, out: str, size: tuple[int,
     return JobSpec(**{**values, **overrides})
 
 
-def _model_path(value: str) -> str:
-    """A folder (relative to the .blend with //) made absolute; Hub ids and "" stay as they are."""
-    return bpy.path.abspath(value) if value.startswith("//") else value
+def _model_path(value: str, models_folder: str) -> str:
+    """Where a model field points: a path relative to the .blend (//...) made absolute, a name
+    found in the Models Folder preference, else the value as typed (a folder or a Hub id)."""
+    if value.startswith("//"):
+        return bpy.path.abspath(value)
+    if value and models_folder:
+        candidate = Path(bpy.path.abspath(models_folder)) / value
+        if candidate.exists():
+            return str(candidate)
+    return value
 
 
 _MIRRORED = (

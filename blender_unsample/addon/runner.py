@@ -145,8 +145,12 @@ class Runner:
         state.log_tail = ""
         scene, strip = job.ref.find()
         size = processing_size(scene.unsample, scene)
+        prefs = preferences()
+        models_folder = prefs.models_folder if prefs else ""
+        job.spec = job_spec(
+            scene.unsample, str(job.frames_dir), str(job.out_dir), size, models_folder, **_preference_overrides(job)
+        )
         job.exporter = FrameExporter(scene, strip, job.frames, job.frames_dir, size)
-        job.spec = job_spec(scene.unsample, str(job.frames_dir), str(job.out_dir), size, **_preference_overrides(job))
 
     def _advance(self, job: StripJob, budget: float) -> None:
         if job.exporter is not None:

@@ -277,3 +277,16 @@ def test_a_failing_worker_is_reported_with_its_reason_and_adds_nothing(image_str
     assert snapshot(scene) == before and not styled_strips(scene)
     [run] = (tmp_path / "cache").glob("jobs/*/runs/*")
     assert (run / "job.json").is_file() and (run / "frames" / "frame_000000.png").is_file(), "kept for a resume"
+
+
+def test_model_names_are_found_in_the_models_folder_preference(addon, tiny_models):
+    from blender_unsample.addon.properties import job_spec
+
+    settings = bpy.context.scene.unsample
+    folder = str(Path(tiny_models["checkpoint"]).parent)
+    settings.checkpoint, settings.motion_module = "sd15", "guoyww/animatediff-motion-adapter-v1-5-2"
+    spec = job_spec(settings, "in", "out", (64, 40), folder)
+    assert spec.model == tiny_models["checkpoint"]
+    assert spec.motion_adapter == "guoyww/animatediff-motion-adapter-v1-5-2", "Hub ids stay Hub ids"
+    settings.use_motion_module = False
+    assert job_spec(settings, "in", "out", (64, 40), folder).motion_adapter == "none"
