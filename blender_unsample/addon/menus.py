@@ -1,4 +1,4 @@
-"""Restyle and Preview in the Strip menu and the strip context menu."""
+"""Restyle, Preview and Cancel in the Strip menu and the strip context menu (so F3 finds them)."""
 
 import bpy
 
@@ -8,6 +8,7 @@ def draw_entries(self: bpy.types.Menu, context: bpy.types.Context) -> None:
     layout.separator()
     layout.operator("sequencer.unsample_restyle", icon="BRUSHES_ALL")
     layout.operator("sequencer.unsample_preview", icon="HIDE_OFF")
+    layout.operator("sequencer.unsample_cancel", icon="CANCEL")
 
 
 MENUS = ("SEQUENCER_MT_strip", "SEQUENCER_MT_context_menu")

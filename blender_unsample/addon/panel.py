@@ -6,9 +6,11 @@ import textwrap
 
 import bpy
 
+from .preferences import ADDON_ID
 from .properties import processing_size
-from .runner import RUNNER
+from .runner import RUNNER, worker_python
 from .strips import restylable_reason, strips_to_restyle
+from .worker import worker_report
 
 ACTIVE = {"EXPORTING", "RUNNING"}
 
@@ -24,8 +26,10 @@ def format_eta(seconds: float) -> str:
 def _wrapped(layout: bpy.types.UILayout, text: str, width: int, icon: str = "NONE") -> None:
     # Labels do not wrap: split by the sidebar's width (about 7 pixels a character).
     lines = textwrap.wrap(text, max(20, width // 7)) or [""]
+    column = layout.column(align=True)
+    column.scale_y = 0.8 if len(lines) > 1 else 1.0
     for i, line in enumerate(lines):
-        layout.label(text=line, icon=icon if i == 0 else "BLANK1")
+        column.label(text=line, icon=icon if i == 0 else "BLANK1")
 
 
 class _SidebarPanel:
@@ -56,6 +60,7 @@ class SEQUENCER_PT_unsample(_SidebarPanel, bpy.types.Panel):
         else:
             layout.label(text=f"{len(usable)} of {len(strips)} selected strips can be restyled", icon="SEQUENCE")
 
+        draw_worker_problem(layout, context)
         layout.prop(settings, "prompt", text="", placeholder="Style prompt, e.g. an oil painting")
         row = layout.row(align=True)
         row.scale_y = 1.5
@@ -63,6 +68,37 @@ class SEQUENCER_PT_unsample(_SidebarPanel, bpy.types.Panel):
         row.operator("sequencer.unsample_restyle", text=label, icon="BRUSHES_ALL")
         row.operator("sequencer.unsample_preview", text="", icon="HIDE_OFF")
         draw_job_box(layout, context)
+
+
+def _worker_state() -> dict | None:
+    """The worker Python's report; while it is being asked, a timer redraws the panel once it is in."""
+    report = worker_report(worker_python())
+    if report is None and not bpy.app.timers.is_registered(_redraw_once_reported):
+        bpy.app.timers.register(_redraw_once_reported, first_interval=0.5)
+    return report
+
+
+def _redraw_once_reported() -> float | None:
+    if worker_report(worker_python()) is None:
+        return 0.5
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "SEQUENCE_EDITOR":
+                area.tag_redraw()
+    return None
+
+
+def draw_worker_problem(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """A warning when the worker Python cannot run jobs (no torch, say): before a job fails on it."""
+    report = _worker_state()
+    if not report or not report.get("missing"):
+        return
+    box = layout.box()
+    missing = ", ".join(report["missing"])
+    text = report.get("error") or f"The worker Python lacks {missing}."
+    text += " Install the extension zip that bundles them, or set Worker Python to an environment that has them."
+    _wrapped(box, text, context.region.width if context.region else 300, "ERROR")
+    box.operator("preferences.addon_show", text="Open Preferences", icon="PREFERENCES").module = ADDON_ID
 
 
 def draw_job_box(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
@@ -126,6 +162,12 @@ class SEQUENCER_PT_unsample_models(_SidebarPanel, bpy.types.Panel):
         row.active = settings.control != "none"
         row.prop(settings, "controlnet_model", placeholder="Default")
         layout.prop(settings, "vae", placeholder="Checkpoint's own")
+        report = _worker_state()
+        if report is None:
+            layout.label(text="Checking the worker Python…", icon="TIME")
+        elif not report.get("missing"):
+            devices = report["devices"][0]
+            layout.label(text=f"Worker: torch {report['packages']['torch']}, {devices}", icon="CHECKMARK")
 
 
 class SEQUENCER_PT_unsample_sampling(_SidebarPanel, bpy.types.Panel):

@@ -2,6 +2,8 @@
 
 import bpy
 
+from .worker import forget_worker_reports
+
 # The add-on's own module name: "blender_unsample" from a checkout, "bl_ext.<repo>.unsample"
 # when installed as an extension. Preferences are registered under it.
 ADDON_ID = __package__.rpartition(".")[0]
@@ -17,6 +19,7 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
             "packages. Or an existing environment that already has torch (e.g. ComfyUI's)"
         ),
         subtype="FILE_PATH",
+        update=lambda self, context: forget_worker_reports(),
     )
     device: bpy.props.EnumProperty(
         name="Device",

@@ -118,7 +118,7 @@ class Runner:
         started = time.perf_counter()
         try:
             if self.current is None and self.queue:
-                self._begin(self.queue.popleft())
+                self.current = self.queue.popleft()
             job = self.current
             if job is not None:
                 try:
@@ -134,7 +134,6 @@ class Runner:
     # --- one strip ---------------------------------------------------------------------------------
 
     def _begin(self, job: StripJob) -> None:
-        self.current = job
         state = _state()
         state.strip_name = job.ref.name
         state.strip_index = len(self.outcomes) + 1
@@ -153,7 +152,9 @@ class Runner:
         job.exporter = FrameExporter(scene, strip, job.frames, job.frames_dir, size)
 
     def _advance(self, job: StripJob, budget: float) -> None:
-        if job.exporter is not None:
+        if job.spec is None:
+            self._begin(job)
+        elif job.exporter is not None:
             self._export(job, budget)
         elif job.worker is not None:
             self._follow_worker(job)
@@ -176,9 +177,15 @@ class Runner:
         job_file = job.run_dir / "job.json"
         job_file.write_text(job.spec.to_json(), encoding="utf-8")
         python = worker_python()
-        job.worker = Worker(
-            python, ["restyle", "--job", str(job_file), "--progress", "json"], job.run_dir / "worker.log"
-        )
+        try:
+            job.worker = Worker(
+                python, ["restyle", "--job", str(job_file), "--progress", "json"], job.run_dir / "worker.log"
+            )
+        except OSError as error:
+            raise OSError(
+                f"cannot start the worker Python {python} ({error.strerror or error}): check the "
+                "Worker Python preference"
+            ) from error
         state.status = "RUNNING"
         state.stage = STAGE_TEXT["load"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import queue
 import subprocess
@@ -129,3 +130,42 @@ class Worker:
             message=f"the worker stopped unexpectedly (exit code {code}): {last[0]}",
             detail=self.log_tail(),
         )
+
+
+# --- what the worker Python can do, asked once per Python in the background --------------------------
+
+_reports: dict[str, dict] = {}
+_lock = threading.Lock()
+
+
+def worker_report(python: str) -> dict | None:
+    """The worker Python's ``doctor`` report; None while it is being asked (in a thread)."""
+    with _lock:
+        if python in _reports:
+            return _reports[python]
+        _reports[python] = None
+    threading.Thread(target=_ask, args=(python,), name="unsample-doctor", daemon=True).start()
+    return None
+
+
+def forget_worker_reports() -> None:
+    """Ask again next time (the preference changed, or packages were installed)."""
+    with _lock:
+        _reports.clear()
+
+
+def _ask(python: str) -> None:
+    try:
+        result = subprocess.run(
+            worker_command(python, "doctor"),
+            env=worker_environment(python),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+        )
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as error:
+        report = {"error": f"cannot run {python}: {error}", "missing": ["torch"]}
+    with _lock:
+        _reports[python] = report

@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         models = build_tiny_models(args.folder)
         print(json.dumps({k: str(v) for k, v in dataclasses.asdict(models).items()}))
         return 0
+    if args.command == "doctor":
+        from .doctor import report
+
+        print(json.dumps(report()))
+        return 0
     return _restyle(args)
 
 
@@ -59,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     for spec_field in dataclasses.fields(JobSpec):
         _add_setting(restyle, spec_field)
 
+    commands.add_parser("doctor", help="print this Python's worker packages and devices as JSON")
     tiny = commands.add_parser("tiny-models", help="write tiny random-weight models (for tests and the demo)")
     tiny.add_argument("folder", type=Path)
     return parser
@@ -90,6 +96,11 @@ def _restyle(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         return _fail(emit, UnsampleError(ErrorCode.BAD_SETTINGS, f"bad job: {error}"))
 
+    from .doctor import missing_packages
+
+    missing = missing_packages()
+    if missing:
+        return _fail(emit, UnsampleError(ErrorCode.WORKER_SETUP, missing_message(missing)))
     cancel = threading.Event()
     _watch_stdin(cancel)
     from .pipeline import restyle
@@ -103,6 +114,13 @@ def _restyle(args: argparse.Namespace) -> int:
     except Exception as error:  # anything else is our bug: report it whole
         return _fail(emit, UnsampleError(ErrorCode.INTERNAL, f"internal error: {error}", traceback.format_exc()))
     return 0
+
+
+def missing_message(missing: list[str]) -> str:
+    return (
+        f"the worker Python ({sys.executable}) lacks {', '.join(missing)}: install the extension zip with "
+        "the bundled packages, or point the Worker Python preference at an environment that has them"
+    )
 
 
 def _fail(emit: Callable[[Event], None], error: UnsampleError) -> int:

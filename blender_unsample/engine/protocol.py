@@ -35,6 +35,8 @@ DEFAULT_MODELS: dict[str, ModelSet] = {
 }
 
 FAMILIES = tuple(DEFAULT_MODELS)
+# What the worker's Python must have (import names); `doctor` reports on each.
+WORKER_PACKAGES = ("torch", "diffusers", "transformers", "safetensors", "accelerate", "numpy", "PIL")
 SAMPLERS = ("euler", "dpmpp_2m")
 SCHEDULERS = ("ays", "karras", "exponential", "normal")
 CONTROLS = ("none", "canny", "tile")
@@ -175,6 +177,7 @@ class ErrorCode(StrEnum):
     MODEL_MISMATCH = "model_mismatch"
     OUT_OF_MEMORY = "out_of_memory"
     OUTPUT_NOT_WRITABLE = "output_not_writable"
+    WORKER_SETUP = "worker_setup"
     CANCELLED = "cancelled"
 
     @property
@@ -191,6 +194,7 @@ _EXIT_CODES = {
     ErrorCode.MODEL_MISMATCH: 7,
     ErrorCode.OUT_OF_MEMORY: 8,
     ErrorCode.OUTPUT_NOT_WRITABLE: 9,
+    ErrorCode.WORKER_SETUP: 10,
     ErrorCode.CANCELLED: 130,
 }
 

@@ -29,6 +29,14 @@ def strips_of(scene):
     return editor.strips if hasattr(editor, "strips") else editor.sequences
 
 
+def add_image_strip(scene, name: str, frames: list[Path], channel: int, start: int):
+    """An image-sequence strip of ``frames`` (all in one folder)."""
+    strip = strips_of(scene).new_image(name, str(frames[0]), channel, start, fit_method="FIT")
+    for frame in frames[1:]:
+        strip.elements.append(frame.name)
+    return strip
+
+
 @pytest.fixture
 def empty_scene():
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -114,9 +122,7 @@ def write_movie(path: Path, frames: list[Path], fps: int = 24) -> Path:
 
     scratch = bpy.data.scenes.new("movie-maker")
     video_scene(scratch, fps=fps)
-    strip = strips_of(scratch).new_image("frames", str(frames[0]), 1, 1, fit_method="FIT")
-    for frame in frames[1:]:
-        strip.elements.append(frame.name)
+    add_image_strip(scratch, "frames", frames, 1, 1)
     scratch.frame_start, scratch.frame_end = 1, len(frames)
     render = scratch.render
     set_file_format(render.image_settings, "FFMPEG")

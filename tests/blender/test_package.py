@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import strips_of, video_scene, worker_python, write_frames
+from conftest import add_image_strip, strips_of, video_scene, worker_python, write_frames
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = "unsample_probe"  # the throwaway package inside the bundled wheel
@@ -185,10 +185,7 @@ def restyle_with_the_installed_extension(preferences, user: Path) -> dict:
     preferences.device = "cpu"
     scene = video_scene(bpy.context.scene)
     frames = write_frames(user / "frames", 4)
-    strip = strips_of(scene).new_image("Shots", str(frames[0]), 1, 1, fit_method="FIT")
-    for frame in frames[1:]:
-        strip.elements.append(frame.name)
-    strip.select = True
+    add_image_strip(scene, "Shots", frames, 1, 1).select = True
     settings = scene.unsample
     settings.prompt = "an oil painting"
     settings.checkpoint = models["checkpoint"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 import pytest
-from conftest import image_pixels, strips_of, video_scene, write_frames, write_movie
+from conftest import add_image_strip, image_pixels, strips_of, video_scene, write_frames, write_movie
 
 from blender_unsample.addon import menus, panel
 from blender_unsample.addon.operators import (
@@ -46,9 +46,7 @@ def movie_strip(addon, tmp_path):
 def image_strip(addon, tmp_path):
     scene = video_scene(bpy.context.scene)
     frames = write_frames(tmp_path / "images", 6)
-    strip = strips_of(scene).new_image("Shots", str(frames[0]), 1, 30, fit_method="FIT")
-    for frame in frames[1:]:
-        strip.elements.append(frame.name)
+    strip = add_image_strip(scene, "Shots", frames, 1, 30)
     strip.select = True
     scene.sequence_editor.active_strip = strip
     return strip
@@ -137,9 +135,7 @@ def test_an_image_sequence_strip_becomes_a_styled_strip(image_strip):
 def test_a_batch_of_two_selected_strips_gives_two_styled_strips(image_strip, tmp_path):
     scene = bpy.context.scene
     frames = write_frames(tmp_path / "more", 5)
-    second = strips_of(scene).new_image("More", str(frames[0]), 1, 40, fit_method="FIT")
-    for frame in frames[1:]:
-        second.elements.append(frame.name)
+    second = add_image_strip(scene, "More", frames, 1, 40)
     second.select = image_strip.select = True
     before = snapshot(scene)
     assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
@@ -235,16 +231,12 @@ def test_scene_and_meta_strips_are_restyled_from_their_rendered_result(addon, tm
     scene = video_scene(bpy.context.scene)
     frames = write_frames(tmp_path / "frames", 5)
     source = video_scene(bpy.data.scenes.new("Source"))
-    inner = strips_of(source).new_image("Inner", str(frames[0]), 1, 1, fit_method="FIT")
-    for frame in frames[1:]:
-        inner.elements.append(frame.name)
+    add_image_strip(source, "Inner", frames, 1, 1)
     source.frame_start, source.frame_end = 1, 5
     scene_strip = strips_of(scene).new_scene("Shot", source, 1, 1)
     scene_strip.scene_input = "SEQUENCER"
     meta = strips_of(scene).new_meta("Group", 3, 20)
-    member = strips_of(scene).new_image("Member", str(frames[0]), 4, 20, fit_method="FIT")
-    for frame in frames[1:]:
-        member.elements.append(frame.name)
+    member = add_image_strip(scene, "Member", frames, 4, 20)
     member.move_to_meta(meta)
     scene_strip.select = meta.select = True
     before = snapshot(scene)
@@ -290,3 +282,57 @@ def test_model_names_are_found_in_the_models_folder_preference(addon, tiny_model
     assert spec.motion_adapter == "guoyww/animatediff-motion-adapter-v1-5-2", "Hub ids stay Hub ids"
     settings.use_motion_module = False
     assert job_spec(settings, "in", "out", (64, 40), folder).motion_adapter == "none"
+
+
+def test_a_queued_strip_deleted_before_its_turn_is_skipped_with_a_reason(image_strip, tmp_path):
+    scene = bpy.context.scene
+    second = add_image_strip(scene, "More", write_frames(tmp_path / "more", 3), 1, 40)
+    RUNNER.enqueue(scene, [image_strip, second])
+    state = bpy.context.window_manager.unsample
+
+    def delete_second_once_running():
+        if state.status == "RUNNING" and strips_of(scene).get("More"):
+            strips_of(scene).remove(strips_of(scene)["More"])
+
+    run_interactively(scene, delete_second_once_running)
+    assert [(o.strip, o.ok) for o in RUNNER.outcomes] == [("Shots", True), ("More", False)]
+    assert "is gone" in RUNNER.outcomes[1].message
+    assert "1 of 2 strips restyled" in state.message
+
+
+def test_a_missing_worker_python_is_named(image_strip, tmp_path):
+    prefs = bpy.context.preferences.addons["blender_unsample"].preferences
+    prefs.worker_python = str(tmp_path / "no-python")
+    with pytest.raises(RuntimeError, match=r"cannot start the worker Python .*no-python.*Worker Python preference"):
+        bpy.ops.sequencer.unsample_restyle()
+    assert not styled_strips(bpy.context.scene)
+
+
+def test_the_worker_python_is_asked_what_it_can_do(addon):
+    from blender_unsample.addon.runner import worker_python
+    from blender_unsample.addon.worker import forget_worker_reports
+
+    forget_worker_reports()
+    report = worker_report_for(worker_python())
+    assert report["missing"] == [] and report["packages"]["torch"].startswith("2.")
+    assert report["devices"][-1] == "cpu"
+
+
+def test_a_worker_python_without_torch_fails_with_the_fix_named(image_strip, tmp_path):
+    import sys
+
+    # The Python running these tests: with Blender 4.2 it has no torch. With 5.0 it has; skip there.
+    if "torch" not in worker_report_for(sys.executable)["missing"]:
+        pytest.skip("this Blender's Python has torch")
+    bpy.context.preferences.addons["blender_unsample"].preferences.worker_python = sys.executable
+    with pytest.raises(RuntimeError, match=r"lacks torch.*Worker Python preference.*\[worker_setup\]"):
+        bpy.ops.sequencer.unsample_restyle()
+
+
+def worker_report_for(python: str) -> dict:
+    from blender_unsample.addon.worker import worker_report
+
+    deadline = time.monotonic() + 120
+    while (report := worker_report(python)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return report

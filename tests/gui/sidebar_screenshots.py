@@ -8,6 +8,7 @@ It opens the Video Editing workspace with a clip in the sequencer and the Unsamp
 then starts a restyle at 25 s on tiny models with the checkout's .venv as the worker Python.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def set_up() -> None:
 
     addon_utils.enable("blender_unsample", default_set=True)
     prefs = bpy.context.preferences.addons["blender_unsample"].preferences
-    prefs.worker_python = str(ROOT / ".venv" / "bin" / "python")
+    # UNSAMPLE_GUI_OWN_PYTHON=1: keep Blender's own Python as the worker, to see the panel's warning
+    # when that Python has no torch.
+    prefs.worker_python = "" if os.environ.get("UNSAMPLE_GUI_OWN_PYTHON") else str(ROOT / ".venv" / "bin" / "python")
     prefs.cache_folder = str(WORK / "cache")
     prefs.device = "cpu"
 
@@ -84,7 +87,8 @@ def set_up() -> None:
             space.show_region_ui = True
             area.tag_redraw()
     bpy.app.timers.register(show_unsample_tab, first_interval=2.0)
-    bpy.app.timers.register(start_restyle, first_interval=25.0)
+    if not os.environ.get("UNSAMPLE_GUI_OWN_PYTHON"):
+        bpy.app.timers.register(start_restyle, first_interval=25.0)
 
 
 def show_unsample_tab() -> None:

@@ -11,6 +11,7 @@ import time
 import bpy
 
 from ..runner import RUNNER
+from ..strips import has_strips
 
 TIMER_INTERVAL = 0.1
 
@@ -21,6 +22,27 @@ class BatchOperator:
     preview = False
     _driving = False  # a modal operator is already moving the batch forward
     _timer = None
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        problem = cls.problem(context.scene)
+        if problem:
+            cls.poll_message_set(problem)
+        return problem is None
+
+    @classmethod
+    def problem(cls, scene: bpy.types.Scene | None) -> str | None:
+        """Why the operator cannot run now, in words for the greyed-out button's tooltip."""
+        if scene is None or not has_strips(scene):
+            return "This scene has no sequencer strips"
+        problem = cls.strip_problem(scene)
+        if problem:
+            return problem
+        return None if scene.unsample.prompt.strip() else "Type a style prompt first"
+
+    @classmethod
+    def strip_problem(cls, scene: bpy.types.Scene) -> str | None:
+        raise NotImplementedError
 
     def strips(self, context: bpy.types.Context) -> list:
         raise NotImplementedError

@@ -1,7 +1,7 @@
 import bpy
 
 from ..runner import RUNNER
-from ..strips import has_strips, restylable_reason
+from ..strips import restylable_reason
 from .batch import BatchOperator
 
 
@@ -15,22 +15,10 @@ class SEQUENCER_OT_unsample_preview(BatchOperator, bpy.types.Operator):
     preview = True
 
     @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        scene = context.scene
-        if scene is None or not has_strips(scene):
-            cls.poll_message_set("This scene has no sequencer strips")
-            return False
+    def strip_problem(cls, scene: bpy.types.Scene) -> str | None:
         if RUNNER.busy:
-            cls.poll_message_set("A restyle is running: cancel it or wait for it to finish")
-            return False
-        reason = restylable_reason(scene.sequence_editor.active_strip)
-        if reason:
-            cls.poll_message_set(reason)
-            return False
-        if not scene.unsample.prompt.strip():
-            cls.poll_message_set("Type a style prompt first")
-            return False
-        return True
+            return "A restyle is running: cancel it or wait for it to finish"
+        return restylable_reason(scene.sequence_editor.active_strip)
 
     def strips(self, context: bpy.types.Context) -> list:
         return [context.scene.sequence_editor.active_strip]

@@ -1,6 +1,6 @@
 import bpy
 
-from ..strips import has_strips, restylable_reason, strips_to_restyle
+from ..strips import restylable_reason, strips_to_restyle
 from .batch import BatchOperator
 
 
@@ -12,23 +12,12 @@ class SEQUENCER_OT_unsample_restyle(BatchOperator, bpy.types.Operator):
     bl_options = {"REGISTER"}
 
     @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        scene = context.scene
-        if scene is None or not has_strips(scene):
-            cls.poll_message_set("This scene has no sequencer strips")
-            return False
+    def strip_problem(cls, scene: bpy.types.Scene) -> str | None:
         strips = strips_to_restyle(scene)
         if not strips:
-            cls.poll_message_set("Select a movie, image, scene or meta strip")
-            return False
+            return "Select a movie, image, scene or meta strip"
         reasons = [r for r in map(restylable_reason, strips) if r]
-        if len(reasons) == len(strips):
-            cls.poll_message_set(reasons[0])
-            return False
-        if not scene.unsample.prompt.strip():
-            cls.poll_message_set("Type a style prompt first")
-            return False
-        return True
+        return reasons[0] if len(reasons) == len(strips) else None
 
     def strips(self, context: bpy.types.Context) -> list:
         strips = strips_to_restyle(context.scene)
