@@ -16,7 +16,7 @@ import torch
 
 from .context import ContextWindowDenoiser, context_windows
 from .control import ControlledUNet, make_hints
-from .denoisers import Guidance, UNetDenoiser
+from .denoisers import Conditioning, Guidance, UNetDenoiser
 from .devices import Placement, free_memory, is_out_of_memory, pick_placement, place_models
 from .errors import Cancelled, UnsampleError
 from .frames import common_size, list_frames, read_frames, write_frame
@@ -75,9 +75,10 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
 
             # 3. Encode the prompts, then free the text encoder.
             place_models([components.text_encoder], placement.device, spec.cpu_offload)
-            encode = lambda text: encode_prompt(  # noqa: E731 - four uses, one line each
-                components.tokenizer, components.text_encoder, text, placement.device, job.warn
-            )
+
+            def encode(text: str) -> Conditioning:
+                return encode_prompt(components.tokenizer, components.text_encoder, text, placement.device, job.warn)
+
             negative = encode(spec.negative_prompt)
             unsample_guidance = Guidance(encode(spec.source_prompt), negative, spec.unsample_cfg)
             style_guidance = Guidance(encode(spec.prompt), negative, spec.cfg)
@@ -89,7 +90,9 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
                 components.vae.enable_tiling()
 
             # 4. Frames to latents (and ControlNet hints), a few frames at a time.
-            hints = _open_hints(work, spec, len(frames), size)
+            # Hints are cheap to remake and large (a frame each): they never outlive the job.
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(dir=work, ignore_cleanup_errors=True))
+            hints = _open_hints(Path(scratch), spec, len(frames), size)
             latents = _encode_frames(job, components, placement, frames, size, hints, tracker)
 
             # 5. Unsample, then resample with the style prompt.

@@ -155,3 +155,11 @@ def test_frames_of_differing_sizes_are_refused(tiny_spec, tmp_path):
     write_clip(clip, 1, size=(80, 48), start=3)
     with pytest.raises(UnsampleError, match="frames differ in size: 64x48"):
         restyle(tiny_spec(clip), lambda event: None)
+
+
+def test_controlnet_hints_do_not_outlive_the_job(tiny_spec, tmp_path):
+    clip = tmp_path / "clip"
+    write_clip(clip, 3)
+    work = tmp_path / "work"
+    run(tiny_spec(clip, work_dir=str(work), control="tile"))
+    assert work.is_dir() and not list(work.rglob("*.npy")), "a frame-sized hint per frame must not stay on disk"
