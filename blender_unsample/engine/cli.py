@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tiny-models":
         from .tiny_models import build_tiny_models
 
-        models = build_tiny_models(args.folder)
+        models = build_tiny_models(args.folder, args.family)
         print(json.dumps({k: str(v) for k, v in dataclasses.asdict(models).items()}))
         return 0
     if args.command == "doctor":
@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("doctor", help="print this Python's worker packages and devices as JSON")
     tiny = commands.add_parser("tiny-models", help="write tiny random-weight models (for tests and the demo)")
     tiny.add_argument("folder", type=Path)
+    tiny.add_argument("--family", choices=("sd15", "sdxl"), default="sd15")
     return parser
 
 

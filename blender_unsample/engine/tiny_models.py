@@ -3,6 +3,10 @@
 Tests and the offline demo (``build.py demo --tiny``) load these through exactly the code that
 loads a real Stable Diffusion checkpoint, so every loading and pipeline path runs without a
 download. Their pictures are noise: the weights are untrained.
+
+Shapes keep what tells the families apart: an SD 1.5 UNet has two levels here and a plain
+prompt; an SDXL UNet three levels, two text encoders and pooled/size conditioning (``text_time``).
+A 4-level VAE keeps the real 8x pixel-to-latent ratio.
 """
 
 from __future__ import annotations
@@ -10,54 +14,99 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-# Shapes: a 4-level VAE keeps the real 8x pixel-to-latent ratio; two UNet levels keep the
-# cross-attention, ResNet, down/up-sampling and motion-module code paths all exercised.
-UNET_CHANNELS = (32, 64)
 VAE_CHANNELS = (8, 16, 16, 16)
 TEXT_DIM = 32
 GROUPS = 8
 MAX_TOKENS = 77
+FAMILIES = ("sd15", "sdxl")
 
 
 @dataclass(frozen=True)
 class TinyModels:
     """Paths of a tiny model set, laid out like the Hugging Face repos they stand in for."""
 
+    family: str
     checkpoint: Path  # like stable-diffusion-v1-5/stable-diffusion-v1-5
     motion_adapter: Path  # like guoyww/animatediff-motion-adapter-v1-5-2
     controlnet: Path  # like lllyasviel/control_v11p_sd15_canny
 
 
-def build_tiny_models(root: Path | str, seed: int = 0) -> TinyModels:
-    """Build (or reuse) the tiny SD1.5 model set under ``root``."""
-    root = Path(root)
-    models = TinyModels(root / "sd15", root / "motion_adapter", root / "controlnet")
-    if (root / "complete").exists():
+def build_tiny_models(root: Path | str, family: str = "sd15", seed: int = 0) -> TinyModels:
+    """Build (or reuse) the tiny model set of ``family`` under ``root/family``."""
+    if family not in FAMILIES:
+        raise ValueError(f"no tiny models for family {family!r}; use one of {FAMILIES}")
+    folder = Path(root) / family
+    models = TinyModels(family, folder / "checkpoint", folder / "motion_adapter", folder / "controlnet")
+    if (folder / "complete").exists():
         return models
-    from diffusers import (
-        AutoencoderKL,
-        ControlNetModel,
-        EulerDiscreteScheduler,
-        MotionAdapter,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import ControlNetModel, MotionAdapter
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    sdxl = family == "sdxl"
+    unet = _unet(sdxl)
+    channels = unet.config.block_out_channels
+    adapter = MotionAdapter(
+        block_out_channels=channels,
+        motion_layers_per_block=1,
+        motion_num_attention_heads=2,
+        motion_norm_num_groups=GROUPS,
+        motion_max_seq_length=32,
+        use_motion_mid_block=not sdxl,  # AnimateDiff's SDXL module has none
+    )
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 8))
+    _make_controlnet_steer(controlnet)
+
+    unet.save_pretrained(models.checkpoint / "unet")
+    _vae(sdxl).save_pretrained(models.checkpoint / "vae")
+    _scheduler().save_pretrained(models.checkpoint / "scheduler")
+    _write_text_encoders(models.checkpoint, sdxl)
+    _write_model_index(models.checkpoint, sdxl)
+    adapter.save_pretrained(models.motion_adapter)
+    controlnet.save_pretrained(models.controlnet)
+    (folder / "complete").write_text("tiny random-weight models; their output is noise\n")
+    return models
+
+
+def _unet(sdxl: bool) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    if not sdxl:
+        return UNet2DConditionModel(
+            sample_size=8,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=TEXT_DIM,
+            attention_head_dim=4,
+            norm_num_groups=GROUPS,
+        )
+    # SDXL: the two encoders' states side by side; pooled text and six size numbers added to time.
+    return UNet2DConditionModel(
         sample_size=8,
-        block_out_channels=UNET_CHANNELS,
+        block_out_channels=(32, 64, 64),
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_DIM,
-        attention_head_dim=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * TEXT_DIM,
+        attention_head_dim=(2, 4, 4),
+        transformer_layers_per_block=(1, 1, 2),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=TEXT_DIM + 6 * 8,
         norm_num_groups=GROUPS,
     )
-    vae = AutoencoderKL(
+
+
+def _vae(sdxl: bool) -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * len(VAE_CHANNELS),
@@ -67,57 +116,57 @@ def build_tiny_models(root: Path | str, seed: int = 0) -> TinyModels:
         latent_channels=4,
         norm_num_groups=GROUPS,
         sample_size=64,
+        # The real families' scaling; SDXL's VAE overflows in fp16 and asks to run in fp32.
+        scaling_factor=0.13025 if sdxl else 0.18215,
+        force_upcast=sdxl,
     )
-    tokenizer_dir = models.checkpoint / "tokenizer"
-    vocab_size = _write_byte_level_tokenizer(tokenizer_dir)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=TEXT_DIM,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=MAX_TOKENS,
-            projection_dim=TEXT_DIM,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    # Stable Diffusion 1.5's own training schedule and prediction type.
-    scheduler = EulerDiscreteScheduler(
+
+
+def _scheduler() -> Any:
+    from diffusers import EulerDiscreteScheduler
+
+    # Both families' own training schedule and prediction type.
+    return EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon"
     )
-    adapter = MotionAdapter(
-        block_out_channels=UNET_CHANNELS,
-        motion_layers_per_block=1,
-        motion_num_attention_heads=2,
-        motion_norm_num_groups=GROUPS,
-        motion_max_seq_length=32,
+
+
+def _write_text_encoders(checkpoint: Path, sdxl: bool) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab_size = _write_byte_level_tokenizer(checkpoint / "tokenizer", pad="<|endoftext|>")
+    config = dict(
+        vocab_size=vocab_size,
+        hidden_size=TEXT_DIM,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=TEXT_DIM,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
     )
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 8))
-    # A new ControlNet's output convolutions start at zero (it adds nothing until trained);
-    # give them small random weights so the tiny one visibly steers the UNet, as a trained one does.
+    CLIPTextModel(CLIPTextConfig(**config)).save_pretrained(checkpoint / "text_encoder")
+    if sdxl:
+        # SDXL's second encoder pads with "!" and also returns a projected, pooled embedding.
+        _write_byte_level_tokenizer(checkpoint / "tokenizer_2", pad="!")
+        CLIPTextModelWithProjection(CLIPTextConfig(**config)).save_pretrained(checkpoint / "text_encoder_2")
+
+
+def _make_controlnet_steer(controlnet: Any) -> None:
+    """A new ControlNet's output convolutions start at zero (it adds nothing until trained), and
+    its hint encoder's default init is dominated by biases; give both random weights so the tiny
+    one visibly follows its hint, as a trained one does."""
     for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
         torch.nn.init.normal_(conv.weight, std=0.05)
-    # The hint encoder's default init is dominated by its biases; make its output follow the hint.
     for conv in controlnet.controlnet_cond_embedding.modules():
         if isinstance(conv, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(conv.weight)
             torch.nn.init.zeros_(conv.bias)
 
-    unet.save_pretrained(models.checkpoint / "unet")
-    vae.save_pretrained(models.checkpoint / "vae")
-    text_encoder.save_pretrained(models.checkpoint / "text_encoder")
-    scheduler.save_pretrained(models.checkpoint / "scheduler")
-    _write_model_index(models.checkpoint)
-    adapter.save_pretrained(models.motion_adapter)
-    controlnet.save_pretrained(models.controlnet)
-    (root / "complete").write_text("tiny random-weight models; their output is noise\n")
-    return models
 
-
-def _write_byte_level_tokenizer(folder: Path) -> int:
+def _write_byte_level_tokenizer(folder: Path, pad: str) -> int:
     """A CLIP byte-level BPE vocabulary of single bytes (no merges), written as CLIP ships it."""
     folder.mkdir(parents=True, exist_ok=True)
     symbols = _byte_symbols()
@@ -130,7 +179,7 @@ def _write_byte_level_tokenizer(folder: Path) -> int:
         "model_max_length": MAX_TOKENS,
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
+        "pad_token": pad,
         "unk_token": "<|endoftext|>",
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -150,17 +199,22 @@ def _byte_symbols() -> list[str]:
     return [symbols[b] for b in range(256)]
 
 
-def _write_model_index(folder: Path) -> None:
+def _write_model_index(folder: Path, sdxl: bool) -> None:
     index = {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
         "_diffusers_version": "0.42.1",
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
     }
+    if sdxl:
+        index |= {
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "force_zeros_for_empty_prompt": True,
+        }
+    else:
+        index |= {"safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")

@@ -276,7 +276,7 @@ def test_model_names_are_found_in_the_models_folder_preference(addon, tiny_model
 
     settings = bpy.context.scene.unsample
     folder = str(Path(tiny_models["checkpoint"]).parent)
-    settings.checkpoint, settings.motion_module = "sd15", "guoyww/animatediff-motion-adapter-v1-5-2"
+    settings.checkpoint, settings.motion_module = "checkpoint", "guoyww/animatediff-motion-adapter-v1-5-2"
     spec = job_spec(settings, "in", "out", (64, 40), folder)
     assert spec.model == tiny_models["checkpoint"]
     assert spec.motion_adapter == "guoyww/animatediff-motion-adapter-v1-5-2", "Hub ids stay Hub ids"

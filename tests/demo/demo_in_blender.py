@@ -103,13 +103,13 @@ def enable_addon(out: Path, tiny: bool) -> None:
         prefs.allow_downloads = True
 
 
-def restyle(scene: bpy.types.Scene, strip: bpy.types.Sequence, tiny: bool, models: Path) -> bpy.types.Sequence:
+def restyle(scene: bpy.types.Scene, strip: bpy.types.Sequence, tiny_models: object) -> bpy.types.Sequence:
     settings = scene.unsample
     settings.prompt = PROMPT
-    if tiny:
-        settings.checkpoint = str(models / "sd15")
-        settings.motion_module = str(models / "motion_adapter")
-        settings.controlnet_model = str(models / "controlnet")
+    if tiny_models is not None:
+        settings.checkpoint = str(tiny_models.checkpoint)
+        settings.motion_module = str(tiny_models.motion_adapter)
+        settings.controlnet_model = str(tiny_models.controlnet)
         settings.steps = 4
         settings.resolution, settings.width, settings.height = "CUSTOM", 256, 144
     strip.select = True
@@ -161,12 +161,12 @@ def main() -> None:
     source = top_level_strips(scene.sequence_editor).new_movie("Clip", str(clip), 1, 1, fit_method="FIT")
     print(f"demo: {frames}-frame clip at {CLIP_SIZE[0]}x{CLIP_SIZE[1]} in {clip}")
 
-    models = out / "work" / "models"
+    tiny_models = None
     if args.tiny:
         from blender_unsample.engine.tiny_models import build_tiny_models
 
-        build_tiny_models(models)
-    styled = restyle(scene, source, args.tiny, models)
+        tiny_models = build_tiny_models(out / "work" / "models")
+    styled = restyle(scene, source, tiny_models)
     if styled is None or styled.get("unsample_source") != "Clip":
         sys.exit("demo: the restyle did not add a strip; see the messages above")
 

@@ -72,10 +72,10 @@ def set_up() -> None:
     editor.active_strip = strip
     scene.frame_start, scene.frame_end, scene.frame_current = 1, 24, 8
 
-    models = WORK / "models"
+    models = WORK / "models" / "sd15"
     settings = scene.unsample
     settings.prompt = "an oil painting of a city street at dusk"
-    settings.checkpoint = str(models / "sd15")
+    settings.checkpoint = str(models / "checkpoint")
     settings.motion_module = str(models / "motion_adapter")
     settings.controlnet_model = str(models / "controlnet")
     settings.steps, settings.context, settings.overlap = 10, 8, 2
