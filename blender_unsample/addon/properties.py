@@ -58,12 +58,19 @@ class UnsampleSettings(bpy.types.PropertyGroup):
     # Models
     family: bpy.props.EnumProperty(
         name="Model Family",
-        items=[("sd15", "SD 1.5", "Stable Diffusion 1.5 with AnimateDiff; 512 px")],
+        items=[
+            ("sd15", "SD 1.5", "Stable Diffusion 1.5 with AnimateDiff; 512 px"),
+            ("sdxl", "SDXL", "Stable Diffusion XL with AnimateDiff SDXL; 1024 px"),
+        ],
         default="sd15",
     )
     checkpoint: bpy.props.StringProperty(
         name="Checkpoint",
-        description="Diffusers folder or Hugging Face id. Empty: " + DEFAULT_MODELS["sd15"].checkpoint,
+        description=(
+            "Diffusers folder or Hugging Face id. Empty: the family's default ("
+            + " / ".join(models.checkpoint for models in DEFAULT_MODELS.values())
+            + ")"
+        ),
         subtype="DIR_PATH",
     )
     use_motion_module: bpy.props.BoolProperty(
@@ -73,7 +80,11 @@ class UnsampleSettings(bpy.types.PropertyGroup):
     )
     motion_module: bpy.props.StringProperty(
         name="Motion Module",
-        description="Diffusers folder or Hugging Face id. Empty: " + DEFAULT_MODELS["sd15"].motion_adapter,
+        description=(
+            "Diffusers folder or Hugging Face id. Empty: the family's default ("
+            + " / ".join(models.motion_adapter for models in DEFAULT_MODELS.values())
+            + ")"
+        ),
         subtype="DIR_PATH",
     )
     controlnet_model: bpy.props.StringProperty(

@@ -74,15 +74,17 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
             job.check_cancelled()
 
             # 3. Encode the prompts, then free the text encoder.
-            place_models([components.text_encoder], placement.device, spec.cpu_offload)
+            place_models(components.text_encoders, placement.device, spec.cpu_offload)
 
             def encode(text: str) -> Conditioning:
-                return encode_prompt(components.tokenizer, components.text_encoder, text, placement.device, job.warn)
+                return encode_prompt(
+                    components.tokenizers, components.text_encoders, text, placement.device, size, job.warn
+                )
 
             negative = encode(spec.negative_prompt)
             unsample_guidance = Guidance(encode(spec.source_prompt), negative, spec.unsample_cfg)
             style_guidance = Guidance(encode(spec.prompt), negative, spec.cfg)
-            components.text_encoder = None
+            components.text_encoders = []
             free_memory(placement.device)
 
             place_models([components.unet, components.vae], placement.device, spec.cpu_offload, [components.controlnet])
@@ -196,7 +198,7 @@ def _encode_frames(
         if hints is not None:
             hints[start : start + len(pixels)] = make_hints(job.spec.control, pixels)
         images = torch.from_numpy(pixels).to(placement.device).permute(0, 3, 1, 2)
-        images = images.to(placement.vae_dtype) / 127.5 - 1
+        images = images.to(vae.dtype) / 127.5 - 1
         # The mean of the latent distribution: deterministic, no sampling noise added.
         encoded = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
         latents[0, :, start : start + len(pixels)] = encoded.permute(1, 0, 2, 3).float()
@@ -258,7 +260,7 @@ def _decode_frames(
     for start in range(0, len(frames), batch):
         job.check_cancelled()
         chunk = latents[0, :, start : start + batch].permute(1, 0, 2, 3) / vae.config.scaling_factor
-        images = vae.decode(chunk.to(placement.vae_dtype), return_dict=False)[0]
+        images = vae.decode(chunk.to(vae.dtype), return_dict=False)[0]
         pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         for offset, frame_pixels in enumerate(pixels):
             index = start + offset

@@ -1,8 +1,8 @@
-"""Prompts to the conditioning the UNet attends to."""
+"""Prompts to the conditioning the UNet attends to: SD 1.5's one encoder, SDXL's two."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -11,18 +11,40 @@ from .denoisers import Conditioning
 
 
 def encode_prompt(
-    tokenizer: Any,
-    text_encoder: Any,
+    tokenizers: Sequence[Any],
+    text_encoders: Sequence[Any],
     prompt: str,
     device: torch.device,
+    size: tuple[int, int],
     warn: Callable[[str], None] | None = None,
 ) -> Conditioning:
-    """CLIP hidden states of ``prompt``, padded to the encoder's length; longer prompts are cut."""
+    """The conditioning for ``prompt``; ``size`` (width, height) feeds SDXL's size conditioning."""
+    if len(text_encoders) == 1:
+        ids = _token_ids(tokenizers[0], prompt, warn)
+        embeds = text_encoders[0](ids.to(device), return_dict=False)[0]
+        return Conditioning(embeds.to(torch.float32))
+    # SDXL: both encoders' second-to-last hidden states side by side, the second encoder's
+    # projected pooled output, and the image size as (height, width, crop top, crop left, height, width).
+    states, pooled = [], None
+    for index, (tokenizer, encoder) in enumerate(zip(tokenizers, text_encoders, strict=True)):
+        ids = _token_ids(tokenizer, prompt, warn if index == 0 else None)
+        output = encoder(ids.to(device), output_hidden_states=True)
+        states.append(output.hidden_states[-2])
+        pooled = output[0]
+    width, height = size
+    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=device)
+    return Conditioning(
+        torch.cat(states, dim=-1).to(torch.float32),
+        {"text_embeds": pooled.to(torch.float32), "time_ids": time_ids},
+    )
+
+
+def _token_ids(tokenizer: Any, prompt: str, warn: Callable[[str], None] | None) -> torch.Tensor:
+    """Token ids padded to the encoder's length; a longer prompt is cut, with a warning."""
     limit = tokenizer.model_max_length
     tokens = tokenizer(prompt, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
     full_length = len(tokenizer(prompt, truncation=False).input_ids)
     if full_length > limit and warn is not None:
         kept = tokenizer.decode(tokens.input_ids[0, 1:-1], skip_special_tokens=True)
         warn(f"prompt is {full_length} tokens, the text encoder takes {limit}: only {kept!r} is used")
-    embeds = text_encoder(tokens.input_ids.to(device), return_dict=False)[0]
-    return Conditioning(embeds.to(torch.float32))
+    return tokens.input_ids

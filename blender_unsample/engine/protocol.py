@@ -32,6 +32,11 @@ DEFAULT_MODELS: dict[str, ModelSet] = {
         motion_adapter="guoyww/animatediff-motion-adapter-v1-5-2",
         controlnets={"canny": "lllyasviel/control_v11p_sd15_canny", "tile": "lllyasviel/control_v11f1e_sd15_tile"},
     ),
+    "sdxl": ModelSet(
+        checkpoint="stabilityai/stable-diffusion-xl-base-1.0",
+        motion_adapter="guoyww/animatediff-motion-adapter-sdxl-beta",
+        controlnets={"canny": "diffusers/controlnet-canny-sdxl-1.0", "tile": "xinsir/controlnet-tile-sdxl-1.0"},
+    ),
 }
 
 FAMILIES = tuple(DEFAULT_MODELS)
@@ -42,7 +47,7 @@ SCHEDULERS = ("ays", "karras", "exponential", "normal")
 CONTROLS = ("none", "canny", "tile")
 FUSIONS = ("pyramid", "flat")
 DEVICES = ("auto", "cuda", "mps", "cpu")
-NATIVE_SIZE = {"sd15": 512}
+NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
 
 
 def _setting(default: Any, help: str, **limits: Any) -> Any:

@@ -43,18 +43,26 @@ def empty_scene():
     return bpy.context.scene
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, str]:
+def build_tiny_models(folder: Path, family: str) -> dict[str, str]:
     """Tiny random-weight models, written by the worker Python (this one may have no torch)."""
-    folder = tmp_path_factory.mktemp("tiny_models")
     result = subprocess.run(
-        [worker_python(), "-m", "blender_unsample.engine", "tiny-models", str(folder)],
+        [worker_python(), "-m", "blender_unsample.engine", "tiny-models", str(folder), "--family", family],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
     )
     return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    return build_tiny_models(tmp_path_factory.mktemp("tiny_models"), "sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> dict[str, str]:
+    return build_tiny_models(tmp_path_factory.mktemp("tiny_sdxl"), "sdxl")
 
 
 @pytest.fixture

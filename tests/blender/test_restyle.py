@@ -336,3 +336,22 @@ def worker_report_for(python: str) -> dict:
     while (report := worker_report(python)) is None and time.monotonic() < deadline:
         time.sleep(0.2)
     return report
+
+
+def test_switching_the_family_to_sdxl_restyles_with_sdxl_models(image_strip, tiny_sdxl):
+    from blender_unsample.addon.properties import processing_size
+
+    scene = bpy.context.scene
+    settings = scene.unsample
+    settings.resolution = "MODEL"
+    assert processing_size(settings, scene) == (680, 384)  # about 512 squared pixels at 16:9
+    settings.family = "sdxl"
+    assert processing_size(settings, scene) == (1368, 768)  # SDXL: about 1024 squared
+    settings.resolution = "CUSTOM"
+    settings.checkpoint = tiny_sdxl["checkpoint"]
+    settings.motion_module = tiny_sdxl["motion_adapter"]
+    settings.controlnet_model = tiny_sdxl["controlnet"]
+    before = snapshot(scene)
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}, [o.message for o in RUNNER.outcomes]
+    styled = check_styled(scene, image_strip, before)
+    assert json.loads(styled["unsample_settings"])["family"] == "sdxl"

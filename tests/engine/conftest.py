@@ -57,3 +57,8 @@ def tiny_spec(tiny_models, tmp_path):
         return JobSpec(**settings)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> TinyModels:
+    return build_tiny_models(tmp_path_factory.mktemp("tiny_sdxl"), "sdxl")

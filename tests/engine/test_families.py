@@ -1,0 +1,121 @@
+"""SDXL end to end on tiny models, and every family mismatch caught before sampling."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_clip
+from PIL import Image
+
+from blender_unsample.engine.errors import UnsampleError
+from blender_unsample.engine.models import load_components
+from blender_unsample.engine.pipeline import restyle
+from blender_unsample.engine.protocol import DEFAULT_MODELS, Done, ErrorCode, JobSpec
+
+
+def sdxl_spec(tiny_sdxl, clip, out, **changes) -> JobSpec:
+    settings = dict(
+        frames=str(clip),
+        out=str(out),
+        prompt="a watercolor of a harbour",
+        family="sdxl",
+        model=str(tiny_sdxl.checkpoint),
+        motion_adapter=str(tiny_sdxl.motion_adapter),
+        controlnet=str(tiny_sdxl.controlnet),
+        steps=2,
+        context=4,
+        overlap=1,
+        device="cpu",
+    )
+    return JobSpec(**{**settings, **changes})
+
+
+def test_sdxl_defaults_are_its_own_models_and_size():
+    spec = JobSpec(frames="in", out="out", prompt="ink", family="sdxl")
+    assert spec.model == DEFAULT_MODELS["sdxl"].checkpoint == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert "sdxl" in spec.motion_adapter and "sdxl" in spec.controlnet
+
+
+def test_sdxl_restyles_with_both_text_encoders_motion_and_controlnet(tiny_sdxl, tmp_path):
+    clip = tmp_path / "clip"
+    write_clip(clip, 6)
+    events = []
+    restyle(sdxl_spec(tiny_sdxl, clip, tmp_path / "out", control="canny", controlnet_strength=1.0), events.append)
+    assert isinstance(events[-1], Done) and events[-1].frames == 6
+    for path in sorted(clip.iterdir()):
+        styled = np.asarray(Image.open(tmp_path / "out" / path.name), dtype=np.int16)
+        assert styled.shape == np.asarray(Image.open(path)).shape
+        assert np.abs(styled - np.asarray(Image.open(path), dtype=np.int16)).mean() > 5
+
+
+def test_the_sdxl_prompt_uses_both_encoders_pooled_text_and_the_frame_size(tiny_sdxl):
+    spec = sdxl_spec(tiny_sdxl, "in", "out", control="none")
+    components = load_components(spec, torch.float32, torch.float32)
+    from blender_unsample.engine.prompts import encode_prompt
+
+    with torch.inference_mode():
+        cond = encode_prompt(
+            components.tokenizers, components.text_encoders, "a harbour", torch.device("cpu"), (96, 64)
+        )
+    assert cond.embeds.shape == (1, 77, 64)  # 32 + 32 features from the two encoders
+    assert cond.added["text_embeds"].shape == (1, 32)
+    assert cond.added["time_ids"].tolist() == [[64, 96, 0, 0, 64, 96]]
+
+
+def test_sdxl_vae_stays_in_full_precision_unless_it_is_a_fixed_one(tiny_sdxl):
+    spec = sdxl_spec(tiny_sdxl, "in", "out", control="none", motion_adapter="none")
+    components = load_components(spec, torch.float16, torch.float16)
+    assert components.unet.dtype == torch.float16
+    assert components.vae.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragments"),
+    [
+        ({"family": "sd15"}, ["is SDXL but the model family is set to SD 1.5", "--family sdxl"]),
+        ({"motion_adapter": "SD15_ADAPTER"}, ["motion module", "made for SD 1.5", "checkpoint", "is SDXL"]),
+        ({"controlnet": "SD15_CONTROLNET"}, ["ControlNet", "made for SD 1.5", "is SDXL"]),
+    ],
+)
+def test_files_of_the_other_family_are_named_before_any_sampling(tiny_sdxl, tiny_models, tmp_path, changes, fragments):
+    swap = {"SD15_ADAPTER": str(tiny_models.motion_adapter), "SD15_CONTROLNET": str(tiny_models.controlnet)}
+    changes = {k: swap.get(v, v) for k, v in changes.items()}
+    clip = tmp_path / "clip"
+    write_clip(clip, 2)
+    events = []
+    with pytest.raises(UnsampleError) as error:
+        restyle(sdxl_spec(tiny_sdxl, clip, tmp_path / "out", **changes), events.append)
+    assert error.value.code is ErrorCode.MODEL_MISMATCH
+    for fragment in fragments:
+        assert fragment in error.value.message
+    for path in changes.values():
+        if path not in ("sd15",):
+            assert path in error.value.message, "the message names the file"
+    assert not any(e.type == "progress" and e.stage != "load" for e in events), "nothing was sampled"
+
+
+def test_an_sdxl_motion_module_with_an_sd15_checkpoint_is_refused(tiny_models, tiny_sdxl, tmp_path):
+    clip = tmp_path / "clip"
+    write_clip(clip, 2)
+    spec = JobSpec(
+        frames=str(clip), out=str(tmp_path / "out"), prompt="x", model=str(tiny_models.checkpoint),
+        motion_adapter=str(tiny_sdxl.motion_adapter), control="none", device="cpu",
+    )  # fmt: skip
+    with pytest.raises(UnsampleError, match=r"made for SDXL, but the checkpoint .* is SD 1\.5") as error:
+        restyle(spec, lambda event: None)
+    assert str(tiny_sdxl.motion_adapter) in error.value.message
+
+
+def test_a_vae_of_the_wrong_size_is_refused(tiny_models, tmp_path):
+    from diffusers import AutoencoderKL
+
+    wide = tmp_path / "wide_vae"
+    AutoencoderKL(latent_channels=16, block_out_channels=(8,), norm_num_groups=8).save_pretrained(wide)
+    clip = tmp_path / "clip"
+    write_clip(clip, 2)
+    spec = JobSpec(
+        frames=str(clip), out=str(tmp_path / "out"), prompt="x", model=str(tiny_models.checkpoint),
+        motion_adapter=str(tiny_models.motion_adapter), vae=str(wide), control="none", device="cpu",
+    )  # fmt: skip
+    with pytest.raises(UnsampleError, match="16-channel latents") as error:
+        restyle(spec, lambda event: None)
+    assert error.value.code is ErrorCode.MODEL_MISMATCH and str(wide) in error.value.message
