@@ -185,6 +185,9 @@ class SEQUENCER_PT_unsample_sampling(_SidebarPanel, bpy.types.Panel):
         column = layout.column(align=True)
         column.prop(settings, "unsample_cfg")
         column.prop(settings, "cfg")
+        row = layout.row()
+        row.active = settings.sampler == "euler"  # DPM++ 2M has no step-local inverse to refine
+        row.prop(settings, "inversion_refinement", text="Refinement")
         layout.prop(settings, "noise")
         row = layout.row()
         row.active = settings.noise > 0

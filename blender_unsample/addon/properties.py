@@ -118,6 +118,7 @@ class UnsampleSettings(bpy.types.PropertyGroup):
     scheduler: _from_spec("scheduler", "Schedule")
     cfg: _from_spec("cfg", "Style CFG")
     unsample_cfg: _from_spec("unsample_cfg", "Unsample CFG")
+    inversion_refinement: _from_spec("inversion_refinement", "Inversion Refinement")
     noise: _from_spec("noise", "Fresh Noise", subtype="FACTOR")
     seed: _from_spec("seed", "Seed")
 
@@ -202,8 +203,8 @@ def _model_path(value: str, models_folder: str) -> str:
 
 
 _MIRRORED = (
-    "steps", "sampler", "scheduler", "cfg", "unsample_cfg", "noise", "seed", "control", "controlnet_strength",
-    "control_start", "control_end", "context", "overlap", "fusion", "looped",
+    "steps", "sampler", "scheduler", "cfg", "unsample_cfg", "inversion_refinement", "noise", "seed", "control",
+    "controlnet_strength", "control_start", "control_end", "context", "overlap", "fusion", "looped",
 )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import tempfile
@@ -65,7 +66,11 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
             work = Path(spec.work_dir) if spec.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
             work.mkdir(parents=True, exist_ok=True)
             windows = context_windows(len(frames), spec.context, spec.overlap, spec.looped)
-            tracker = ProgressTracker(emit, len(frames), spec.steps * len(windows))
+            refine = spec.inversion_refinement if spec.sampler == "euler" else 0
+            if spec.inversion_refinement and not refine:
+                job.warn(f"inversion refinement works with the euler sampler; {spec.sampler} unsamples without it")
+            unet_calls = {"unsample": spec.steps * (1 + refine) * len(windows), "resample": spec.steps * len(windows)}
+            tracker = ProgressTracker(emit, len(frames), unet_calls)
 
             # 2. Load the models.
             tracker.start("load")
@@ -112,7 +117,8 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
 
             unet.enabled = components.controlnet is not None and spec.control_in_unsample
             passes = (job, denoiser, sigmas, windows, tracker)
-            noise = _sampling_pass(*passes, "unsample", unsample, latents, unsample_guidance)
+            run_unsample = functools.partial(unsample, refine=refine)
+            noise = _sampling_pass(*passes, "unsample", run_unsample, latents, unsample_guidance)
             noise = _blend_fresh_noise(noise, spec.noise, spec.seed, float(sigmas[0]))
             unet.enabled = components.controlnet is not None
             styled = _sampling_pass(*passes, "resample", resample, noise, style_guidance)

@@ -20,14 +20,14 @@ class ProgressTracker:
         self,
         emit: Callable[[Event], None],
         frames: int,
-        unet_calls_per_pass: int,
+        unet_calls: dict[str, int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``unet_calls``: the UNet window calls each sampling pass ("unsample", "resample") makes."""
         self.emit = emit
         self.clock = clock
         self.frames = frames
-        self.units = {"encode": frames, "unsample": unet_calls_per_pass, "resample": unet_calls_per_pass}
-        self.units["decode"] = frames
+        self.units = {"encode": frames, **unet_calls, "decode": frames}
         self.done = dict.fromkeys(STAGES, 0)
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.frames_written = 0

@@ -78,6 +78,10 @@ class JobSpec:
     steps: int = _setting(16, "sampling steps, the same for both passes", low=1, high=200)
     sampler: str = _setting("euler", "convergent sampler for both passes", choices=SAMPLERS)
     scheduler: str = _setting("ays", "sigma schedule", choices=SCHEDULERS)
+    inversion_refinement: int = _setting(
+        1, "fixed-point iterations per Euler unsample step for a near-exact round trip (one model call each)",
+        low=0, high=5,
+    )  # fmt: skip
     cfg: float = _setting(2.0, "CFG scale of the resample (style) pass", low=1.0, high=30.0)
     unsample_cfg: float = _setting(4.0, "CFG scale of the unsample pass", low=1.0, high=30.0)
     noise: float = _setting(0.0, "share of fresh seeded noise mixed into the unsampled noise", low=0.0, high=1.0)

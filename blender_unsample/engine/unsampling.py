@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .samplers import Denoiser, StepCallback, get_sampler
+from .samplers import Denoiser, StepCallback, get_sampler, sample_euler, sample_euler_inverse
 from .schedules import flip
 
 
@@ -19,14 +19,21 @@ def unsample(
     sampler: str = "euler",
     extra_args: dict[str, Any] | None = None,
     callback: StepCallback | None = None,
+    refine: int = 0,
 ) -> torch.Tensor:
     """Run a convergent sampler up the flipped schedule: clean latents in, their noise out.
 
     ``sigmas`` is the ordinary decreasing schedule that :func:`resample` will use; no noise is
     added, so the result is deterministic and still carries the source's motion and layout.
+    With ``refine`` > 0 each Euler step is refined so that resampling with Euler lands back on
+    the source (see :func:`sample_euler_inverse`); DPM++ 2M's multistep update has no such
+    step-local inverse, so it ignores ``refine``.
     """
     _check_decreasing(sigmas)
-    return get_sampler(sampler)(model, latents, flip(sigmas), extra_args, callback)
+    run = get_sampler(sampler)
+    if refine > 0 and run is sample_euler:
+        return sample_euler_inverse(model, latents, flip(sigmas), extra_args, callback, refine=refine)
+    return run(model, latents, flip(sigmas), extra_args, callback)
 
 
 def resample(

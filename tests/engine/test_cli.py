@@ -53,9 +53,11 @@ def test_json_events_parse_and_count_every_step_and_window(tiny_spec, tmp_path):
     assert process.returncode == 0, stderr
     events = [event_from_json(line) for line in stdout.splitlines()]
     windows = len(context_windows(20, 8, 2))
-    for stage in ("unsample", "resample"):
+    # Unsampling refines each step once by default: every window is evaluated twice per step.
+    for stage, calls_per_step in (("unsample", 1 + spec.inversion_refinement), ("resample", 1)):
         seen = [(e.step, e.window) for e in events if isinstance(e, Progress) and e.stage == stage]
-        assert seen == [(step, window) for step in (1, 2, 3) for window in range(1, windows + 1)]
+        expected = [(step, w) for step in (1, 2, 3) for _ in range(calls_per_step) for w in range(1, windows + 1)]
+        assert seen == expected
     frames = [e for e in events if e.type == "frame"]
     assert [e.index for e in frames] == list(range(20))
     assert events[-1].type == "done" and events[-1].frames == 20

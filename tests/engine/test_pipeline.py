@@ -163,3 +163,12 @@ def test_controlnet_hints_do_not_outlive_the_job(tiny_spec, tmp_path):
     work = tmp_path / "work"
     run(tiny_spec(clip, work_dir=str(work), control="tile"))
     assert work.is_dir() and not list(work.rglob("*.npy")), "a frame-sized hint per frame must not stay on disk"
+
+
+def test_refinement_with_dpmpp_2m_is_skipped_with_a_warning(tiny_spec, tmp_path):
+    clip = tmp_path / "clip"
+    write_clip(clip, 2)
+    events = run(tiny_spec(clip, sampler="dpmpp_2m", inversion_refinement=2, control="none"))
+    assert any("inversion refinement works with the euler sampler" in e.message for e in events if e.type == "warning")
+    unsample_calls = [e for e in events if isinstance(e, Progress) and e.stage == "unsample"]
+    assert len(unsample_calls) == 3  # one call per step: no refinement calls

@@ -14,7 +14,7 @@ class Clock:
 
 def test_eta_comes_from_measured_rates_and_the_bar_never_goes_back():
     events, clock = [], Clock()
-    tracker = ProgressTracker(events.append, frames=10, unet_calls_per_pass=4, clock=clock)
+    tracker = ProgressTracker(events.append, frames=10, unet_calls={"unsample": 4, "resample": 4}, clock=clock)
     tracker.start("encode")
     clock.now += 1.0  # 10 frames encoded in 1 s
     tracker.advance(10, 10, units=10)

@@ -121,3 +121,25 @@ def test_one_model_call_per_step(mixture, data, sampler):
     before = mixture.calls
     unsample(mixture, data[:8], schedules.ays(12), sampler=sampler)
     assert mixture.calls - before == 12
+
+
+def test_refinement_cuts_the_euler_round_trip_error_to_a_third_or_less(mixture, data):
+    from blender_unsample.engine.unsampling import resample, unsample
+
+    sigmas = schedules.ays(16)
+    errors, calls = {}, {}
+    for refine in (0, 1, 2, 3):
+        before = mixture.calls
+        noise = unsample(mixture, data, sigmas, refine=refine)
+        calls[refine] = mixture.calls - before
+        back = resample(mixture, noise, sigmas)
+        errors[refine] = float((back - data).pow(2).mean().sqrt())
+    assert errors[1] <= errors[0] / 3, errors
+    assert errors[3] < errors[1], errors
+    assert calls == {0: 16, 1: 32, 2: 48, 3: 64}  # one more model call per step and iteration
+
+
+def test_dpmpp_2m_ignores_refinement(mixture, data):
+    plain = unsample(mixture, data, schedules.ays(8), sampler="dpmpp_2m")
+    refined = unsample(mixture, data, schedules.ays(8), sampler="dpmpp_2m", refine=3)
+    assert torch.equal(plain, refined)
