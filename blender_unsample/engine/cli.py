@@ -72,9 +72,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_setting(parser: argparse.ArgumentParser, spec_field: dataclasses.Field) -> None:
-    flag = "--" + spec_field.name.replace("_", "-")
     meta = spec_field.metadata
+    flag = meta.get("flag", "--" + spec_field.name.replace("_", "-"))
     default = spec_field.default
+    if meta.get("kind") is list:
+        parser.add_argument(flag, dest=spec_field.name, action="append", metavar="PATH[=WEIGHT]", help=meta["help"])
+        return
     if isinstance(default, bool):
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=meta["help"])
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 
 from . import families
 from .errors import UnsampleError
+from .lora import apply_loras
 from .protocol import ErrorCode, JobSpec
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,9 @@ class Components:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
-def load_components(spec: JobSpec, dtype: torch.dtype, vae_dtype: torch.dtype) -> Components:
+def load_components(
+    spec: JobSpec, dtype: torch.dtype, vae_dtype: torch.dtype, warn: Callable[[str], None] = log.warning
+) -> Components:
     """Everything a restyle job needs, on the CPU, in the given dtypes.
 
     The configs come first: a family mismatch between any two files is reported before weights load.
@@ -77,6 +81,11 @@ def load_components(spec: JobSpec, dtype: torch.dtype, vae_dtype: torch.dtype) -
         encoder = load(CLIPTextModelWithProjection, spec.model, "text_encoder_2", "checkpoint", torch_dtype=dtype)
         text_encoders.append(encoder)
     unet = load(UNet2DConditionModel, spec.model, "unet", "checkpoint", torch_dtype=dtype)
+    if spec.loras:
+        # Merged into the image UNet's weights, so the motion UNet built from it carries them too.
+        report = apply_loras(spec.lora_weights, unet, *text_encoders)
+        for message in report.warnings:
+            warn(message)
     scheduler = load(EulerDiscreteScheduler, spec.model, "scheduler", "checkpoint")
     # SDXL's own VAE overflows in half precision; a fixed one (force_upcast off) may use it.
     if spec.family == "sdxl" and vae_config.get("force_upcast", True):

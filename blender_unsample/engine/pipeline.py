@@ -75,7 +75,7 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
             # 2. Load the models.
             tracker.start("load")
             placement = pick_placement(spec.device)
-            components = load_components(spec, placement.dtype, placement.vae_dtype)
+            components = load_components(spec, placement.dtype, placement.vae_dtype, job.warn)
             job.check_cancelled()
 
             # 3. Encode the prompts, then free the text encoder.

@@ -54,6 +54,20 @@ def _setting(default: Any, help: str, **limits: Any) -> Any:
     return field(default=default, metadata={"help": help, **limits})
 
 
+def parse_lora(item: str) -> tuple[str, float]:
+    """``PATH`` or ``PATH=WEIGHT`` (weight 1 by default) as (path, weight); ValueError if malformed."""
+    path, separator, weight = item.rpartition("=")
+    if not separator:
+        return item, 1.0
+    try:
+        value = float(weight)
+    except ValueError:
+        value = math.nan
+    if not path or not math.isfinite(value):
+        raise ValueError(f"not a LoRA entry: {item!r} (expected PATH or PATH=WEIGHT, the weight a number)")
+    return path, value
+
+
 @dataclass
 class JobSpec:
     """Every setting of one restyle job. Field metadata drives the CLI flags and the checks."""
@@ -69,6 +83,14 @@ class JobSpec:
     model: str = _setting("", "checkpoint: a diffusers folder or Hub id (default: the family's)")
     motion_adapter: str = _setting("", "AnimateDiff motion adapter: folder or Hub id; 'none' restyles frame by frame")
     vae: str = _setting("", "a separate VAE (folder or Hub id); default: the checkpoint's own")
+    loras: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "a LoRA file merged into the UNet and text encoders, as PATH or PATH=WEIGHT; repeat for several",
+            "kind": list,
+            "flag": "--lora",
+        },
+    )
     control: str = _setting("canny", "ControlNet hint computed from each frame", choices=CONTROLS)
     controlnet: str = _setting("", "ControlNet model for the hint (default: the family's for that hint)")
     controlnet_strength: float = _setting(0.3, "ControlNet strength; weak keeps the style free", low=0.0, high=2.0)
@@ -142,7 +164,16 @@ class JobSpec:
             value = getattr(self, name)
             if value and (value < 64 or value % 8):
                 problems.append(f"{name} must be 0 or a multiple of 8 of at least 64, got {value}")
+        for item in self.loras:
+            try:
+                parse_lora(item)
+            except ValueError as error:
+                problems.append(str(error))
         return problems
+
+    @property
+    def lora_weights(self) -> list[tuple[str, float]]:
+        return [parse_lora(item) for item in self.loras]
 
     def to_json(self) -> str:
         return json.dumps({"protocol": PROTOCOL_VERSION, **dataclasses.asdict(self)}, indent=2)
@@ -158,6 +189,11 @@ class JobSpec:
         if unknown:
             raise ValueError(f"unknown job settings: {', '.join(unknown)}")
         for name, value in data.items():
+            meta = known[name].metadata
+            if meta.get("kind") is list:
+                if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    raise ValueError(f"job setting {name} must be a list of strings")
+                continue
             expected = type(known[name].default) if known[name].default is not None else str
             if value is not None and not _fits(value, expected):
                 raise ValueError(f"job setting {name} must be {expected.__name__}, got {type(value).__name__}")

@@ -39,9 +39,13 @@ def spec_flags(spec: JobSpec) -> list[str]:
 
 def test_every_job_setting_has_a_flag():
     restyle = _parser()._subparsers._group_actions[0].choices["restyle"]
-    flags = {option for action in restyle._actions for option in action.option_strings}
-    for spec_field in dataclasses.fields(JobSpec):
-        assert "--" + spec_field.name.replace("_", "-") in flags
+    destinations = {action.dest for action in restyle._actions if action.option_strings}
+    assert {spec_field.name for spec_field in dataclasses.fields(JobSpec)} <= destinations
+
+
+def test_loras_are_given_by_repeating_the_flag():
+    args = _parser().parse_args(["restyle", "--lora", "a.safetensors", "--lora", "b.safetensors=0.5"])
+    assert args.loras == ["a.safetensors", "b.safetensors=0.5"]
 
 
 def test_json_events_parse_and_count_every_step_and_window(tiny_spec, tmp_path):

@@ -172,3 +172,38 @@ def test_refinement_with_dpmpp_2m_is_skipped_with_a_warning(tiny_spec, tmp_path)
     assert any("inversion refinement works with the euler sampler" in e.message for e in events if e.type == "warning")
     unsample_calls = [e for e in events if isinstance(e, Progress) and e.stage == "unsample"]
     assert len(unsample_calls) == 3  # one call per step: no refinement calls
+
+
+def tiny_unet_lora(tiny_models, path, family_prefix="lora_unet_"):
+    """A kohya-layout LoRA on two attention projections of the tiny SD 1.5 UNet."""
+    from diffusers import UNet2DConditionModel
+    from lora_format import random_updates, write_kohya
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models.checkpoint, subfolder="unet")
+    names = ["down_blocks.0.attentions.0.proj_in", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"]
+    targets = {family_prefix + name.replace(".", "_"): unet.get_submodule(name) for name in names}
+    return write_kohya(path, random_updates(targets))
+
+
+def test_loras_from_the_job_are_merged_and_change_the_result(tiny_spec, tiny_models, tmp_path):
+    clip = tmp_path / "clip"
+    write_clip(clip, 3)
+    lora = tiny_unet_lora(tiny_models, tmp_path / "style.safetensors")
+    run(tiny_spec(clip, out=str(tmp_path / "plain"), control="none"))
+    run(tiny_spec(clip, out=str(tmp_path / "lora"), control="none", loras=[f"{lora}=0.8"]))
+    run(tiny_spec(clip, out=str(tmp_path / "zero"), control="none", loras=[f"{lora}=0"]))
+    first = "frame_0001.png"
+    assert np.abs(pixels(tmp_path / "plain" / first) - pixels(tmp_path / "lora" / first)).mean() > 0.5
+    assert np.array_equal(pixels(tmp_path / "plain" / first), pixels(tmp_path / "zero" / first))
+
+
+def test_a_broken_lora_is_named_before_sampling(tiny_spec, tmp_path):
+    clip = tmp_path / "clip"
+    write_clip(clip, 2)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_text("not a model")
+    events = []
+    with pytest.raises(UnsampleError) as error:
+        restyle(tiny_spec(clip, loras=[str(broken)]), events.append)
+    assert error.value.code is ErrorCode.MODEL_INVALID and "broken.safetensors" in error.value.message
+    assert not any(isinstance(e, Progress) and e.stage in ("unsample", "resample") for e in events)

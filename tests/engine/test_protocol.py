@@ -99,3 +99,14 @@ def test_every_error_code_has_its_own_exit_code():
     codes = [code.exit_code for code in ErrorCode]
     assert len(set(codes)) == len(codes)
     assert 0 not in codes and 2 not in codes  # 0 is success, 2 is argparse's usage error
+
+
+def test_lora_entries_take_an_optional_weight():
+    spec = JobSpec(frames="in", out="out", prompt="ink", loras=["/m/a.safetensors", "/m/b=c.safetensors=0.5"])
+    assert spec.lora_weights == [("/m/a.safetensors", 1.0), ("/m/b=c.safetensors", 0.5)]
+    assert spec.validate() == []
+    bad = JobSpec(frames="in", out="out", prompt="ink", loras=["/m/a.safetensors=heavy"])
+    assert any("expected PATH or PATH=WEIGHT" in problem for problem in bad.validate())
+    assert JobSpec.from_dict(json.loads(spec.to_json())).loras == spec.loras
+    with pytest.raises(ValueError, match="list of strings"):
+        JobSpec.from_dict({"loras": "a.safetensors"})
