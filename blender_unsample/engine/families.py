@@ -29,8 +29,8 @@ def named(family: str) -> str:
     return FAMILY_NAMES.get(family, family)
 
 
-def check_family_setting(family: str, checkpoint: str, unet_config: Mapping[str, Any]) -> None:
-    actual = unet_family(unet_config)
+def check_family(family: str, checkpoint: str, actual: str) -> None:
+    """The family setting must be the checkpoint's own: every default follows from it."""
     if actual != family:
         raise UnsampleError(
             ErrorCode.MODEL_MISMATCH,

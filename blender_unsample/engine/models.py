@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import families
+from . import families, hotshot, single_file
 from .errors import UnsampleError
 from .lora import apply_loras
 from .protocol import ErrorCode, JobSpec
@@ -31,6 +31,7 @@ class Components:
     scheduler: Any  # only its training schedule and prediction type are used
     controlnet: Any | None
     motion: bool
+    context_limit: int | None = None  # Hotshot-XL's motion layers saw 8 frames at once
 
     @property
     def vae_scale_factor(self) -> int:
@@ -42,68 +43,156 @@ def load_components(
 ) -> Components:
     """Everything a restyle job needs, on the CPU, in the given dtypes.
 
-    The configs come first: a family mismatch between any two files is reported before weights load.
+    Each model may be a diffusers folder, a Hub id or a single file (.safetensors, or a .ckpt read
+    weights-only). Whether the files fit together is checked on configs and file headers, before
+    the weights they describe are loaded and always before anything is sampled.
     """
-    from diffusers import (
-        AutoencoderKL,
-        ControlNetModel,
-        EulerDiscreteScheduler,
-        MotionAdapter,
-        UNet2DConditionModel,
-        UNetMotionModel,
-    )
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    def load(cls: Any, source: str, subfolder: str | None, role: str, **kwargs: Any) -> Any:
-        return load_pretrained(cls, source, subfolder, role, spec.allow_download, **kwargs)
-
-    def config(cls: Any, source: str, subfolder: str | None, role: str) -> dict[str, Any]:
-        return load_pretrained(cls, source, subfolder, role, spec.allow_download, method="load_config")
-
-    # 1. Configs, and whether the files fit together.
-    unet_config = config(UNet2DConditionModel, spec.model, "unet", "checkpoint")
-    families.check_family_setting(spec.family, spec.model, unet_config)
-    vae_source, vae_subfolder = (spec.vae, None) if spec.vae else (spec.model, "vae")
-    vae_config = config(AutoencoderKL, vae_source, vae_subfolder, "VAE")
-    families.check_vae(spec.vae or spec.model, vae_config, spec.model, unet_config)
-    if spec.uses_motion_module:
-        adapter_config = config(MotionAdapter, spec.motion_adapter, None, "motion module")
-        families.check_motion_adapter(spec.motion_adapter, adapter_config, spec.model, unet_config)
-    if spec.control != "none":
-        controlnet_config = config(ControlNetModel, spec.controlnet, None, "ControlNet")
-        families.check_controlnet(spec.controlnet, controlnet_config, spec.model, unet_config)
-
-    # 2. Weights.
-    tokenizers = [load(CLIPTokenizer, spec.model, "tokenizer", "checkpoint")]
-    text_encoders = [load(CLIPTextModel, spec.model, "text_encoder", "checkpoint", torch_dtype=dtype)]
-    if spec.family == "sdxl":
-        tokenizers.append(load(CLIPTokenizer, spec.model, "tokenizer_2", "checkpoint"))
-        encoder = load(CLIPTextModelWithProjection, spec.model, "text_encoder_2", "checkpoint", torch_dtype=dtype)
-        text_encoders.append(encoder)
-    unet = load(UNet2DConditionModel, spec.model, "unet", "checkpoint", torch_dtype=dtype)
+    loader = _Loader(spec, dtype)
+    # 1. The checkpoint: its UNet decides what every other file must fit.
+    tokenizers, text_encoders, unet, scheduler, embedded_vae = loader.checkpoint()
+    # 2. The others, each checked against it; LoRAs merged into the image UNet, so that the
+    # motion UNet built from it carries them too.
+    vae = loader.vae(unet.config, embedded_vae, vae_dtype)
+    controlnet = loader.controlnet(unet.config) if spec.control != "none" else None
+    motion = loader.motion_module(unet.config) if spec.uses_motion_module else None
     if spec.loras:
-        # Merged into the image UNet's weights, so the motion UNet built from it carries them too.
-        report = apply_loras(spec.lora_weights, unet, *text_encoders)
-        for message in report.warnings:
+        for message in apply_loras(spec.lora_weights, unet, *text_encoders).warnings:
             warn(message)
-    scheduler = load(EulerDiscreteScheduler, spec.model, "scheduler", "checkpoint")
-    # SDXL's own VAE overflows in half precision; a fixed one (force_upcast off) may use it.
-    if spec.family == "sdxl" and vae_config.get("force_upcast", True):
-        vae_dtype = torch.float32
-    vae = load(AutoencoderKL, vae_source, vae_subfolder, "VAE", torch_dtype=vae_dtype)
-    controlnet = None
-    if spec.control != "none":
-        controlnet = load(ControlNetModel, spec.controlnet, None, "ControlNet", torch_dtype=dtype)
-    if spec.uses_motion_module:
-        adapter = load(MotionAdapter, spec.motion_adapter, None, "motion module", torch_dtype=dtype)
-        unet = UNetMotionModel.from_unet2d(unet, adapter)
-        del adapter
+    context_limit = None
+    if motion is not None:
+        unet, context_limit = _motion_unet(unet, motion, spec)
         if unet.dtype != dtype:
             unet = unet.to(dtype)
     for model in (*text_encoders, unet, vae, controlnet):
         if model is not None:
             model.eval().requires_grad_(False)
-    return Components(spec.family, tokenizers, text_encoders, unet, vae, scheduler, controlnet, spec.uses_motion_module)
+    return Components(
+        spec.family, tokenizers, text_encoders, unet, vae, scheduler, controlnet, motion is not None, context_limit
+    )
+
+
+def _motion_unet(unet: Any, motion: Any, spec: JobSpec) -> tuple[Any, int | None]:
+    """The motion UNet, and the most frames its motion module was trained to see at once."""
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    if not isinstance(motion, MotionAdapter):  # Hotshot-XL's temporal layers, as a state dict
+        return hotshot.hotshot_motion_unet(unet, motion, spec.motion_adapter, spec.model), hotshot.HOTSHOT_CONTEXT
+    motion_unet = UNetMotionModel.from_unet2d(unet, motion)
+    hotshot.copy_add_embedding(unet, motion_unet)  # from_unet2d leaves SDXL's at random init
+    return motion_unet, None
+
+
+class _Loader:
+    """Loads each role from a folder, a Hub id or a single file."""
+
+    def __init__(self, spec: JobSpec, dtype: torch.dtype) -> None:
+        self.spec = spec
+        self.dtype = dtype
+
+    def _load(self, cls: Any, source: str, subfolder: str | None, role: str, **kwargs: Any) -> Any:
+        return load_pretrained(cls, source, subfolder, role, self.spec.allow_download, **kwargs)
+
+    def _config(self, cls: Any, source: str, subfolder: str | None, role: str) -> dict[str, Any]:
+        return load_pretrained(cls, source, subfolder, role, self.spec.allow_download, method="load_config")
+
+    def checkpoint(self) -> tuple[list[Any], list[Any], Any, Any, Any | None]:
+        """(tokenizers, text encoders, UNet2DConditionModel, scheduler, the file's own VAE or None)."""
+        spec = self.spec
+        if single_file.is_single_file(spec.model):
+            families.check_family(spec.family, spec.model, single_file.checkpoint_family(spec.model))
+            loaded = single_file.load_checkpoint(
+                spec.model, spec.config or None, allow_download=spec.allow_download, dtype=self.dtype,
+                vae_dtype=torch.float32 if spec.family == "sdxl" else None,  # SDXL's own VAE: see vae()
+            )  # fmt: skip
+            tokenizers = [loaded.tokenizer, *([loaded.tokenizer_2] if spec.family == "sdxl" else [])]
+            encoders = [loaded.text_encoder, *([loaded.text_encoder_2] if spec.family == "sdxl" else [])]
+            return tokenizers, encoders, loaded.unet, loaded.scheduler, loaded.vae
+        from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        unet_config = self._config(UNet2DConditionModel, spec.model, "unet", "checkpoint")
+        families.check_family(spec.family, spec.model, families.unet_family(unet_config))
+        tokenizers = [self._load(CLIPTokenizer, spec.model, "tokenizer", "checkpoint")]
+        encoders = [self._load(CLIPTextModel, spec.model, "text_encoder", "checkpoint", torch_dtype=self.dtype)]
+        if spec.family == "sdxl":
+            tokenizers.append(self._load(CLIPTokenizer, spec.model, "tokenizer_2", "checkpoint"))
+            encoders.append(
+                self._load(
+                    CLIPTextModelWithProjection, spec.model, "text_encoder_2", "checkpoint", torch_dtype=self.dtype
+                )
+            )
+        unet = self._load(UNet2DConditionModel, spec.model, "unet", "checkpoint", torch_dtype=self.dtype)
+        scheduler = self._load(EulerDiscreteScheduler, spec.model, "scheduler", "checkpoint")
+        return tokenizers, encoders, unet, scheduler, None
+
+    def vae(self, unet_config: Any, embedded: Any | None, dtype: torch.dtype) -> Any:
+        """The separate VAE if one is named, else the checkpoint's own. SDXL's original VAE
+        overflows in half precision; a fixed one (force_upcast off) may use it."""
+        from diffusers import AutoencoderKL
+
+        spec = self.spec
+        if not spec.vae and embedded is not None:
+            families.check_vae(spec.model, embedded.config, spec.model, unet_config)
+            return embedded
+        if spec.vae and single_file.is_single_file(spec.vae):
+            upcast = spec.family == "sdxl"
+            dtype = torch.float32 if upcast else dtype
+            folder = _config_beside(spec.vae) or spec.config or None
+            vae = single_file.load_vae(
+                spec.vae, spec.family, folder, allow_download=spec.allow_download, dtype=dtype
+            ).model
+            families.check_vae(spec.vae, vae.config, spec.model, unet_config)
+            return vae
+        if not spec.vae and single_file.is_single_file(spec.model):
+            raise UnsampleError(
+                ErrorCode.MODEL_INVALID, f"the checkpoint {spec.model} carries no VAE: name one (command line: --vae)"
+            )
+        source, subfolder = (spec.vae, None) if spec.vae else (spec.model, "vae")
+        config = self._config(AutoencoderKL, source, subfolder, "VAE")
+        families.check_vae(spec.vae or spec.model, config, spec.model, unet_config)
+        if spec.family == "sdxl" and config.get("force_upcast", True):
+            dtype = torch.float32
+        return self._load(AutoencoderKL, source, subfolder, "VAE", torch_dtype=dtype)
+
+    def controlnet(self, unet_config: Any) -> Any:
+        from diffusers import ControlNetModel
+
+        spec = self.spec
+        if single_file.is_single_file(spec.controlnet):
+            model = single_file.load_controlnet(
+                spec.controlnet, _config_beside(spec.controlnet), allow_download=spec.allow_download, dtype=self.dtype
+            ).model
+            families.check_controlnet(spec.controlnet, model.config, spec.model, unet_config)
+            return model
+        config = self._config(ControlNetModel, spec.controlnet, None, "ControlNet")
+        families.check_controlnet(spec.controlnet, config, spec.model, unet_config)
+        return self._load(ControlNetModel, spec.controlnet, None, "ControlNet", torch_dtype=self.dtype)
+
+    def motion_module(self, unet_config: Any) -> Any:
+        """A MotionAdapter, or Hotshot-XL's temporal layers as a state dict (checked when attached)."""
+        from diffusers import MotionAdapter
+
+        spec = self.spec
+        if single_file.is_single_file(spec.motion_adapter):
+            state = single_file.read_state_dict(spec.motion_adapter)
+            if hotshot.is_hotshot_state_dict(state):
+                return {key: value.to(self.dtype) for key, value in state.items()}
+            del state
+            adapter = single_file.load_motion_module(
+                spec.motion_adapter, _config_beside(spec.motion_adapter), allow_download=spec.allow_download,
+                dtype=self.dtype,
+            ).model  # fmt: skip
+            families.check_motion_adapter(spec.motion_adapter, adapter.config, spec.model, unet_config)
+            return adapter
+        config = self._config(MotionAdapter, spec.motion_adapter, None, "motion module")
+        families.check_motion_adapter(spec.motion_adapter, config, spec.model, unet_config)
+        return self._load(MotionAdapter, spec.motion_adapter, None, "motion module", torch_dtype=self.dtype)
+
+
+def _config_beside(path: str) -> str | None:
+    """A single model file's config.json sitting next to it (a diffusers model folder's layout)."""
+    folder = Path(path).expanduser().parent
+    return str(folder) if (folder / "config.json").is_file() else None
 
 
 def load_pretrained(

@@ -65,17 +65,18 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
             out = _prepare_output(spec)
             work = Path(spec.work_dir) if spec.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
             work.mkdir(parents=True, exist_ok=True)
-            windows = context_windows(len(frames), spec.context, spec.overlap, spec.looped)
             refine = spec.inversion_refinement if spec.sampler == "euler" else 0
             if spec.inversion_refinement and not refine:
                 job.warn(f"inversion refinement works with the euler sampler; {spec.sampler} unsamples without it")
-            unet_calls = {"unsample": spec.steps * (1 + refine) * len(windows), "resample": spec.steps * len(windows)}
-            tracker = ProgressTracker(emit, len(frames), unet_calls)
+            tracker = ProgressTracker(emit, len(frames), {})
 
-            # 2. Load the models.
+            # 2. Load the models; the motion module decides how many frames a window may hold.
             tracker.start("load")
             placement = pick_placement(spec.device)
             components = load_components(spec, placement.dtype, placement.vae_dtype, job.warn)
+            windows = _windows(spec, len(frames), components.context_limit, job.warn)
+            calls = spec.steps * len(windows)
+            tracker.units |= {"unsample": calls * (1 + refine), "resample": calls}
             job.check_cancelled()
 
             # 3. Encode the prompts, then free the text encoder.
@@ -142,6 +143,15 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
     finally:
         if placement is not None:
             free_memory(placement.device)
+
+
+def _windows(spec: JobSpec, frames: int, limit: int | None, warn: Callable[[str], None]) -> list[list[int]]:
+    length, overlap = spec.context, spec.overlap
+    if limit is not None and length > limit:
+        # More frames than the motion module was trained on blur its motion.
+        length, overlap = limit, min(overlap, limit // 2)
+        warn(f"this motion module sees {limit} frames at once: context {spec.context} lowered to {limit}")
+    return context_windows(frames, length, overlap, spec.looped)
 
 
 def _processing_size(spec: JobSpec, source: tuple[int, int], warn: Callable[[str], None]) -> tuple[int, int]:

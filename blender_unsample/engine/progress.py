@@ -27,7 +27,7 @@ class ProgressTracker:
         self.emit = emit
         self.clock = clock
         self.frames = frames
-        self.units = {"encode": frames, **unet_calls, "decode": frames}
+        self.units = {"encode": frames, "unsample": 0, "resample": 0, **unet_calls, "decode": frames}
         self.done = dict.fromkeys(STAGES, 0)
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.frames_written = 0

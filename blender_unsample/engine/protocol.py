@@ -80,9 +80,15 @@ class JobSpec:
         None, "prompt for the unsample pass: omit to reuse the style prompt, '' for blank"
     )
     family: str = _setting("sd15", "model family", choices=FAMILIES)
-    model: str = _setting("", "checkpoint: a diffusers folder or Hub id (default: the family's)")
-    motion_adapter: str = _setting("", "AnimateDiff motion adapter: folder or Hub id; 'none' restyles frame by frame")
-    vae: str = _setting("", "a separate VAE (folder or Hub id); default: the checkpoint's own")
+    model: str = _setting("", "checkpoint: a diffusers folder, Hub id or .safetensors file (default: the family's)")
+    motion_adapter: str = _setting(
+        "", "AnimateDiff motion module: folder, Hub id or file; 'none' restyles frame by frame"
+    )
+    vae: str = _setting("", "a separate VAE (folder, Hub id or file); default: the checkpoint's own")
+    config: str = _setting(
+        "", "for a single-file checkpoint: a diffusers folder or Hub id with its configs (default: the family's "
+        "reference repo in the Hugging Face cache)",
+    )  # fmt: skip
     loras: list[str] = field(
         default_factory=list,
         metadata={

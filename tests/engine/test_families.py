@@ -119,3 +119,56 @@ def test_a_vae_of_the_wrong_size_is_refused(tiny_models, tmp_path):
     with pytest.raises(UnsampleError, match="16-channel latents") as error:
         restyle(spec, lambda event: None)
     assert error.value.code is ErrorCode.MODEL_MISMATCH and str(wide) in error.value.message
+
+
+def test_the_sdxl_motion_unet_keeps_the_checkpoints_size_conditioning(tiny_sdxl):
+    # diffusers' from_unet2d leaves SDXL's add_embedding at random init; ours must carry it over.
+    from diffusers import UNet2DConditionModel
+
+    spec = sdxl_spec(tiny_sdxl, "in", "out", control="none")
+    motion_unet = load_components(spec, torch.float32, torch.float32).unet
+    image_unet = UNet2DConditionModel.from_pretrained(tiny_sdxl.checkpoint, subfolder="unet")
+    for name, value in image_unet.add_embedding.state_dict().items():
+        torch.testing.assert_close(motion_unet.add_embedding.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_sdxl_restyles_repeat_bit_for_bit(tiny_sdxl, tmp_path):
+    clip = tmp_path / "clip"
+    write_clip(clip, 3)
+    for out in ("a", "b"):
+        restyle(sdxl_spec(tiny_sdxl, clip, tmp_path / out, control="none"), lambda event: None)
+    for path in sorted((tmp_path / "a").iterdir()):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
+
+
+def test_hotshot_xl_layers_restyle_in_windows_of_eight_frames(tiny_sdxl, tmp_path):
+    from diffusers import UNet2DConditionModel
+    from hotshot_format import write_hotshot_file
+
+    unet_config = UNet2DConditionModel.load_config(tiny_sdxl.checkpoint, subfolder="unet")
+    layers = write_hotshot_file(tmp_path / "hsxl_temporal_layers.safetensors", unet_config)
+    clip = tmp_path / "clip"
+    write_clip(clip, 12)
+    events = []
+    spec = sdxl_spec(tiny_sdxl, clip, tmp_path / "out", motion_adapter=str(layers), context=16, overlap=4)
+    restyle(spec, events.append)
+    assert isinstance(events[-1], Done) and events[-1].frames == 12
+    assert any("context 16 lowered to 8" in e.message for e in events if e.type == "warning")
+    assert {e.windows for e in events if e.type == "progress" and e.stage == "resample"} == {2}
+
+
+def test_hotshot_xl_layers_with_an_sd15_checkpoint_are_refused(tiny_models, tiny_sdxl, tmp_path):
+    from diffusers import UNet2DConditionModel
+    from hotshot_format import write_hotshot_file
+
+    unet_config = UNet2DConditionModel.load_config(tiny_sdxl.checkpoint, subfolder="unet")
+    layers = write_hotshot_file(tmp_path / "hsxl_temporal_layers.safetensors", unet_config)
+    clip = tmp_path / "clip"
+    write_clip(clip, 2)
+    spec = JobSpec(
+        frames=str(clip), out=str(tmp_path / "out"), prompt="x", model=str(tiny_models.checkpoint),
+        motion_adapter=str(layers), control="none", device="cpu",
+    )  # fmt: skip
+    with pytest.raises(UnsampleError) as error:
+        restyle(spec, lambda event: None)
+    assert error.value.code is ErrorCode.MODEL_MISMATCH and str(layers) in error.value.message
