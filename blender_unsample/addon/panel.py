@@ -162,12 +162,32 @@ class SEQUENCER_PT_unsample_models(_SidebarPanel, bpy.types.Panel):
         row.active = settings.control != "none"
         row.prop(settings, "controlnet_model", placeholder="Default")
         layout.prop(settings, "vae", placeholder="Checkpoint's own")
+        if settings.checkpoint.lower().endswith((".safetensors", ".ckpt", ".pt")):
+            layout.prop(settings, "config", placeholder="Reference model (Hugging Face cache)")
+        layout.label(text="LoRAs")
+        row = layout.row()
+        row.template_list("SEQUENCER_UL_unsample_loras", "", settings, "loras", settings, "lora_index", rows=2)
+        column = row.column(align=True)
+        column.operator("sequencer.unsample_lora_add", text="", icon="ADD")
+        column.operator("sequencer.unsample_lora_remove", text="", icon="REMOVE")
         report = _worker_state()
         if report is None:
             layout.label(text="Checking the worker Python…", icon="TIME")
         elif not report.get("missing"):
             devices = report["devices"][0]
             layout.label(text=f"Worker: torch {report['packages']['torch']}, {devices}", icon="CHECKMARK")
+
+
+class SEQUENCER_UL_unsample_loras(bpy.types.UIList):
+    """The LoRA list: on/off, file, weight."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_property, index=0, flt_flag=0):
+        row = layout.row(align=True)
+        row.prop(item, "enabled", text="")
+        sub = row.row(align=True)
+        sub.active = item.enabled
+        sub.prop(item, "path", text="", emboss=False, placeholder="LoRA file")
+        sub.prop(item, "weight", text="")
 
 
 class SEQUENCER_PT_unsample_sampling(_SidebarPanel, bpy.types.Panel):
@@ -245,6 +265,7 @@ def draw_status_bar(self: bpy.types.Header, context: bpy.types.Context) -> None:
 
 
 classes = (
+    SEQUENCER_UL_unsample_loras,
     SEQUENCER_PT_unsample,
     SEQUENCER_PT_unsample_prompts,
     SEQUENCER_PT_unsample_models,

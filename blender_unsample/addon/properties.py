@@ -52,6 +52,17 @@ def _from_spec(name: str, label: str, **extra: object) -> object:
     return bpy.props.StringProperty(default=default or "", **common)
 
 
+class UnsampleLora(bpy.types.PropertyGroup):
+    """One LoRA file in the list, merged into the UNet and text encoders with its weight."""
+
+    path: bpy.props.StringProperty(name="LoRA", description="A LoRA .safetensors file", subtype="FILE_PATH")
+    weight: bpy.props.FloatProperty(
+        name="Weight", description="How strongly the LoRA applies (0 leaves it out)", default=1.0,
+        min=-4.0, max=4.0, soft_min=0.0, soft_max=1.5,
+    )  # fmt: skip
+    enabled: bpy.props.BoolProperty(name="Use", description="Merge this LoRA", default=True)
+
+
 class UnsampleSettings(bpy.types.PropertyGroup):
     """Everything a restyle needs from the user, stored in the scene (``scene.unsample``)."""
 
@@ -69,9 +80,9 @@ class UnsampleSettings(bpy.types.PropertyGroup):
         description=(
             "Diffusers folder or Hugging Face id. Empty: the family's default ("
             + " / ".join(models.checkpoint for models in DEFAULT_MODELS.values())
-            + ")"
+            + "). A .safetensors file works too"
         ),
-        subtype="DIR_PATH",
+        subtype="FILE_PATH",
     )
     use_motion_module: bpy.props.BoolProperty(
         name="Motion Module",
@@ -83,18 +94,30 @@ class UnsampleSettings(bpy.types.PropertyGroup):
         description=(
             "Diffusers folder or Hugging Face id. Empty: the family's default ("
             + " / ".join(models.motion_adapter for models in DEFAULT_MODELS.values())
-            + ")"
+            + "). AnimateDiff or Hotshot-XL files work too"
         ),
-        subtype="DIR_PATH",
+        subtype="FILE_PATH",
     )
     controlnet_model: bpy.props.StringProperty(
         name="ControlNet",
-        description="Diffusers folder or Hugging Face id. Empty: the family's ControlNet for the hint",
-        subtype="DIR_PATH",
+        description="File, diffusers folder or Hugging Face id. Empty: the family's ControlNet for the hint",
+        subtype="FILE_PATH",
     )
     vae: bpy.props.StringProperty(
-        name="VAE", description="A separate VAE folder or Hugging Face id. Empty: the checkpoint's own"
+        name="VAE",
+        description="A separate VAE: file, diffusers folder or Hugging Face id. Empty: the checkpoint's own",
+        subtype="FILE_PATH",
     )
+    config: bpy.props.StringProperty(
+        name="Configs",
+        description=(
+            "For a single-file checkpoint: a diffusers folder or Hugging Face id with its configs. Empty: the "
+            "family's reference model in the Hugging Face cache"
+        ),
+        subtype="DIR_PATH",
+    )
+    loras: bpy.props.CollectionProperty(type=UnsampleLora, name="LoRAs")
+    lora_index: bpy.props.IntProperty(name="Active LoRA")
 
     # Prompts
     prompt: _from_spec("prompt", "Style", options={"TEXTEDIT_UPDATE"})
@@ -183,6 +206,12 @@ def job_spec(
         "motion_adapter": _model_path(settings.motion_module, models_folder) if settings.use_motion_module else "none",
         "vae": _model_path(settings.vae, models_folder),
         "controlnet": _model_path(settings.controlnet_model, models_folder),
+        "config": _model_path(settings.config, models_folder),
+        "loras": [
+            f"{_model_path(lora.path, models_folder)}={lora.weight:g}"
+            for lora in settings.loras
+            if lora.enabled and lora.path and lora.weight != 0
+        ],
         "width": size[0],
         "height": size[1],
         **{name: getattr(settings, name) for name in _MIRRORED},
@@ -248,7 +277,7 @@ class UnsampleJobState(bpy.types.PropertyGroup):
     log_tail: bpy.props.StringProperty(description="The worker's last lines of log")
 
 
-classes = (UnsampleSettings, UnsampleJobState)
+classes = (UnsampleLora, UnsampleSettings, UnsampleJobState)
 
 
 def register() -> None:

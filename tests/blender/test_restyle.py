@@ -72,8 +72,9 @@ def check_styled(scene, source, before, active=True):
 def test_panel_sub_panels_operators_and_menu_entries_are_registered(addon):
     for cls in (*panel.classes, SEQUENCER_OT_unsample_restyle, SEQUENCER_OT_unsample_preview):
         assert cls.is_registered
-    assert {c.bl_label for c in panel.classes} == {"Unsample", "Prompts", "Models", "Sampling", "Control", "Frames"}
-    assert all(c.bl_category == "Unsample" and c.bl_region_type == "UI" for c in panel.classes)
+    panels = [c for c in panel.classes if issubclass(c, bpy.types.Panel)]
+    assert {c.bl_label for c in panels} == {"Unsample", "Prompts", "Models", "Sampling", "Control", "Frames"}
+    assert all(c.bl_category == "Unsample" and c.bl_region_type == "UI" for c in panels)
     for operator in ("unsample_restyle", "unsample_preview", "unsample_cancel"):
         assert hasattr(bpy.ops.sequencer, operator)
     for name in menus.MENUS:
@@ -355,3 +356,21 @@ def test_switching_the_family_to_sdxl_restyles_with_sdxl_models(image_strip, tin
     assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}, [o.message for o in RUNNER.outcomes]
     styled = check_styled(scene, image_strip, before)
     assert json.loads(styled["unsample_settings"])["family"] == "sdxl"
+
+
+def test_the_lora_list_and_config_folder_reach_the_job(addon, tmp_path):
+    from blender_unsample.addon.properties import job_spec
+
+    settings = bpy.context.scene.unsample
+    for name in ("a.safetensors", "b.safetensors", "c.safetensors"):
+        assert bpy.ops.sequencer.unsample_lora_add(filepath=str(tmp_path / name)) == {"FINISHED"}
+    settings.loras[1].weight = 0.0  # weight 0: left out
+    settings.loras[2].enabled = False
+    settings.loras[0].weight = 0.75
+    settings.checkpoint, settings.config = str(tmp_path / "model.safetensors"), str(tmp_path / "configs")
+    spec = job_spec(settings, "in", "out", (64, 40))
+    assert spec.loras == [f"{tmp_path / 'a.safetensors'}=0.75"]
+    assert spec.config == str(tmp_path / "configs")
+    settings.lora_index = 0
+    assert bpy.ops.sequencer.unsample_lora_remove() == {"FINISHED"}
+    assert [Path(lora.path).name for lora in settings.loras] == ["b.safetensors", "c.safetensors"]

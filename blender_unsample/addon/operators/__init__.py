@@ -3,8 +3,16 @@
 import bpy
 
 from .cancel import SEQUENCER_OT_unsample_cancel
+from .lora_add import SEQUENCER_OT_unsample_lora_add
+from .lora_remove import SEQUENCER_OT_unsample_lora_remove
 from .preview import SEQUENCER_OT_unsample_preview
 from .restyle import SEQUENCER_OT_unsample_restyle
 
-classes = (SEQUENCER_OT_unsample_restyle, SEQUENCER_OT_unsample_preview, SEQUENCER_OT_unsample_cancel)
+classes = (
+    SEQUENCER_OT_unsample_restyle,
+    SEQUENCER_OT_unsample_preview,
+    SEQUENCER_OT_unsample_cancel,
+    SEQUENCER_OT_unsample_lora_add,
+    SEQUENCER_OT_unsample_lora_remove,
+)
 register, unregister = bpy.utils.register_classes_factory(classes)
