@@ -83,6 +83,10 @@ def _set_output(copy: bpy.types.Scene, scene: bpy.types.Scene, size: tuple[int, 
     settings.color_mode = "RGB"
     settings.color_depth = "8"
     settings.compression = 15  # fast: these files live only as long as the job
+    # No metadata (dates, file names) in the frames: the same pixels make the same files.
+    for prop in render.bl_rna.properties:
+        if prop.identifier.startswith("use_stamp") and not prop.is_readonly:
+            setattr(render, prop.identifier, False)
     # The strip's own pixels: no view transform or look baked into the exported frames.
     copy.view_settings.view_transform = "Standard"
     copy.view_settings.look = "None"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import textwrap
+import time
 
 import bpy
 
+from .paths import cache_usage
 from .preferences import ADDON_ID
 from .properties import processing_size
-from .runner import RUNNER, worker_python
+from .runner import RUNNER, latent_cache_folder, worker_python
 from .strips import restylable_reason, strips_to_restyle
 from .worker import worker_report
 
@@ -68,6 +70,26 @@ class SEQUENCER_PT_unsample(_SidebarPanel, bpy.types.Panel):
         row.operator("sequencer.unsample_restyle", text=label, icon="BRUSHES_ALL")
         row.operator("sequencer.unsample_preview", text="", icon="HIDE_OFF")
         draw_job_box(layout, context)
+        draw_cache_line(layout)
+
+
+_cache_reading = [0.0, -1.0]  # (bytes, when read): the folder is read at most every few seconds
+
+
+def forget_cache_reading() -> None:
+    """Read the cache folder again on the next draw (after clearing it, say)."""
+    _cache_reading[1] = -1.0
+
+
+def draw_cache_line(layout: bpy.types.UILayout) -> None:
+    now = time.monotonic()
+    if now - _cache_reading[1] > 5.0:
+        _cache_reading[:] = [cache_usage(latent_cache_folder()), now]
+    if _cache_reading[0] <= 0:
+        return
+    row = layout.row(align=True)
+    row.label(text=f"Unsample cache: {_cache_reading[0] / 2**20:.0f} MB", icon="FILE_CACHE")
+    row.operator("sequencer.unsample_clear_cache", text="Clear")
 
 
 def _worker_state() -> dict | None:

@@ -35,3 +35,16 @@ def new_run_folder(strip_dir: Path, kind: str) -> Path:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free run folder under {strip_dir}")
+
+
+def cache_usage(folder: Path) -> int:
+    """Bytes held by the unsample cache in ``folder`` (its .safetensors entries)."""
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) if folder.is_dir() else 0
+
+
+def clear_cache(folder: Path) -> int:
+    """Delete the cache entries in ``folder``; returns how many bytes were freed."""
+    freed = cache_usage(folder)
+    for path in folder.glob("*.safetensors"):
+        path.unlink(missing_ok=True)
+    return freed

@@ -44,6 +44,16 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
         description="Job folders and cached unsampled latents. Empty: the extension's user folder",
         subtype="DIR_PATH",
     )
+    cache_limit_gb: bpy.props.FloatProperty(
+        name="Unsample Cache Size",
+        description=(
+            "Most disk space the cached unsampled latents may use (GB); the least recently used go first. "
+            "A restyle with a new style prompt reuses them and skips the unsample pass"
+        ),
+        default=4.0,
+        min=0.0,
+        max=1024.0,
+    )
     allow_downloads: bpy.props.BoolProperty(
         name="Download Missing Models",
         description="Fetch default models from the Hugging Face Hub (also needs Allow Online Access)",
@@ -57,6 +67,7 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
         layout.prop(self, "device")
         layout.prop(self, "models_folder")
         layout.prop(self, "cache_folder")
+        layout.prop(self, "cache_limit_gb")
         row = layout.row()
         row.prop(self, "allow_downloads")
         if not bpy.app.online_access:

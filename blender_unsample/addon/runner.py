@@ -247,6 +247,8 @@ class Runner:
         select_only(scene, set(self.added), strip.name)  # the batch's results, the newest active
         _push_undo(f"Unsample: add {strip.name}")
         message = f"added '{strip.name}' on channel {strip.channel}"
+        if job.done.unsample_cached:
+            message += ", its unsample pass taken from the cache"
         if job.warnings:
             message += f" ({len(job.warnings)} warnings: {job.warnings[-1]})"
         self._finish(job, True, message)
@@ -288,6 +290,11 @@ def _frames_to_restyle(scene: bpy.types.Scene, strip: bpy.types.Sequence, previe
     start, end = strip.frame_final_start, strip.frame_final_end
     if not (preview or scene.unsample.frame_range == "PLAYHEAD"):
         return range(start, end)
+    if preview and scene.use_preview_range:
+        # The scene's preview range (Alt+P in the timeline) is the chosen range, where it meets the strip.
+        chosen = range(max(start, scene.frame_preview_start), min(end, scene.frame_preview_end + 1))
+        if len(chosen) > 0:
+            return chosen
     # One context window around the playhead, kept inside the strip.
     length = min(scene.unsample.context, end - start)
     first = min(max(start, scene.frame_current - length // 2), end - length)
@@ -323,7 +330,13 @@ def _preference_overrides(job: StripJob) -> dict[str, object]:
         "device": prefs.device if prefs else "auto",
         "allow_download": bool(prefs and prefs.allow_downloads and online),
         "work_dir": str(job.run_dir / "work"),
+        "cache_dir": str(latent_cache_folder()),
+        "cache_limit_mb": round((prefs.cache_limit_gb if prefs else 4.0) * 1024),
     }
+
+
+def latent_cache_folder() -> Path:
+    return cache_root() / "latents"
 
 
 RUNNER = Runner()

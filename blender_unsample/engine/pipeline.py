@@ -21,6 +21,7 @@ from .denoisers import Conditioning, Guidance, UNetDenoiser
 from .devices import Placement, free_memory, is_out_of_memory, pick_placement, place_models
 from .errors import Cancelled, UnsampleError
 from .frames import common_size, list_frames, read_frames, write_frame
+from .latent_cache import LatentCache, cache_key
 from .models import Components, load_components
 from .progress import ProgressTracker
 from .prompts import encode_prompt
@@ -97,11 +98,18 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
             if spec.vae_tiling:
                 components.vae.enable_tiling()
 
-            # 4. Frames to latents (and ControlNet hints), a few frames at a time.
+            # 4. Frames to latents (and ControlNet hints), a few frames at a time; with a cache hit
+            # for these frames and unsample settings, only the hints are read.
+            cache = LatentCache(spec.cache_dir, spec.cache_limit_mb * 2**20) if spec.cache_dir else None
+            key = cache_key(spec, frames, size, str(placement.dtype)) if cache else ""
+            cached = cache.get(key) if cache else None
+            if cached is not None:
+                tracker.units["unsample"] = 0
             # Hints are cheap to remake and large (a frame each): they never outlive the job.
             scratch = stack.enter_context(tempfile.TemporaryDirectory(dir=work, ignore_cleanup_errors=True))
             hints = _open_hints(Path(scratch), spec, len(frames), size)
-            latents = _encode_frames(job, components, placement, frames, size, hints, tracker)
+            source = (job, components, placement, frames, size, hints, tracker)
+            latents = _read_source(*source, encode=cached is None)
 
             # 5. Unsample, then resample with the style prompt.
             unet = ControlledUNet(
@@ -116,17 +124,23 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
             denoiser = UNetDenoiser.from_scheduler(unet, components.scheduler, frames_in_batch=not components.motion)
             sigmas = get_sigmas(spec.scheduler, spec.steps, training_sigmas=denoiser.sigmas, family=spec.family)
 
-            unet.enabled = components.controlnet is not None and spec.control_in_unsample
             passes = (job, denoiser, sigmas, windows, tracker)
-            run_unsample = functools.partial(unsample, refine=refine)
-            noise = _sampling_pass(*passes, "unsample", run_unsample, latents, unsample_guidance)
+            if cached is not None:
+                noise = cached.to(placement.device)
+            else:
+                unet.enabled = components.controlnet is not None and spec.control_in_unsample
+                run_unsample = functools.partial(unsample, refine=refine)
+                noise = _sampling_pass(*passes, "unsample", run_unsample, latents, unsample_guidance)
+                if cache:
+                    cache.put(key, noise)
             noise = _blend_fresh_noise(noise, spec.noise, spec.seed, float(sigmas[0]))
             unet.enabled = components.controlnet is not None
             styled = _sampling_pass(*passes, "resample", resample, noise, style_guidance)
 
             # 6. Latents to frames on disk, each written whole, in clip order.
             _decode_frames(job, components, placement, styled, frames, source_size, out, tracker)
-            done = Done(frames=len(frames), out=str(out), seconds=round(time.monotonic() - started, 2))
+            seconds = round(time.monotonic() - started, 2)
+            done = Done(frames=len(frames), out=str(out), seconds=seconds, unsample_cached=cached is not None)
             emit(done)
             return done
     except UnsampleError:
@@ -189,7 +203,7 @@ def _open_hints(work: Path, spec: JobSpec, frames: int, size: tuple[int, int]) -
     return np.lib.format.open_memmap(work / "hints.npy", mode="w+", dtype=np.uint8, shape=shape)
 
 
-def _encode_frames(
+def _read_source(
     job: Job,
     components: Components,
     placement: Placement,
@@ -197,15 +211,16 @@ def _encode_frames(
     size: tuple[int, int],
     hints: np.ndarray | None,
     tracker: ProgressTracker,
-) -> torch.Tensor:
-    """All frames to scaled VAE latents, (1, C, F, h, w) float32, reading a batch at a time."""
+    encode: bool = True,
+) -> torch.Tensor | None:
+    """Read the frames a batch at a time: ControlNet hints into ``hints``, and (if ``encode``)
+    scaled VAE latents, (1, C, F, h, w) float32, returned."""
     vae = components.vae
     factor = components.vae_scale_factor
-    latents = torch.empty(
-        (1, vae.config.latent_channels, len(frames), size[1] // factor, size[0] // factor),
-        dtype=torch.float32,
-        device=placement.device,
-    )
+    latents = None
+    if encode:
+        shape = (1, vae.config.latent_channels, len(frames), size[1] // factor, size[0] // factor)
+        latents = torch.empty(shape, dtype=torch.float32, device=placement.device)
     tracker.start("encode")
     batch = job.spec.vae_batch
     for start in range(0, len(frames), batch):
@@ -213,11 +228,12 @@ def _encode_frames(
         pixels = read_frames(frames[start : start + batch], size)
         if hints is not None:
             hints[start : start + len(pixels)] = make_hints(job.spec.control, pixels)
-        images = torch.from_numpy(pixels).to(placement.device).permute(0, 3, 1, 2)
-        images = images.to(vae.dtype) / 127.5 - 1
-        # The mean of the latent distribution: deterministic, no sampling noise added.
-        encoded = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
-        latents[0, :, start : start + len(pixels)] = encoded.permute(1, 0, 2, 3).float()
+        if latents is not None:
+            images = torch.from_numpy(pixels).to(placement.device).permute(0, 3, 1, 2)
+            images = images.to(vae.dtype) / 127.5 - 1
+            # The mean of the latent distribution: deterministic, no sampling noise added.
+            encoded = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+            latents[0, :, start : start + len(pixels)] = encoded.permute(1, 0, 2, 3).float()
         tracker.advance(min(start + batch, len(frames)), len(frames), units=len(pixels))
     return latents
 

@@ -126,6 +126,12 @@ class JobSpec:
     cpu_offload: bool = _setting(False, "keep only the model in use on the GPU (slower, far less VRAM)")
     allow_download: bool = _setting(False, "fetch missing models from the Hugging Face Hub")
     work_dir: str = _setting("", "folder for intermediate files (default: a temporary folder)")
+    cache_dir: str = _setting(
+        "", "folder of unsampled latents that later restyles of the same frames and unsample settings reuse "
+        "(default: no cache)",
+    )  # fmt: skip
+    cache_limit_mb: int = _setting(4096, "size cap of the cache folder; the least recently used go first", low=0,
+                                   high=2**20)  # fmt: skip
 
     def __post_init__(self) -> None:
         defaults = DEFAULT_MODELS.get(self.family)
@@ -294,6 +300,7 @@ class Done:
     frames: int
     out: str
     seconds: float
+    unsample_cached: bool = False  # the unsampled latents came from the cache: no unsample pass ran
 
 
 Event = Progress | FrameWritten | WarningEvent | ErrorEvent | Done

@@ -374,3 +374,33 @@ def test_the_lora_list_and_config_folder_reach_the_job(addon, tmp_path):
     settings.lora_index = 0
     assert bpy.ops.sequencer.unsample_lora_remove() == {"FINISHED"}
     assert [Path(lora.path).name for lora in settings.loras] == ["b.safetensors", "c.safetensors"]
+
+
+def test_a_second_style_reuses_the_cached_unsample_pass_and_the_cache_can_be_cleared(image_strip):
+    from blender_unsample.addon.paths import cache_usage
+    from blender_unsample.addon.runner import latent_cache_folder
+
+    scene = bpy.context.scene
+    settings = scene.unsample
+    settings.unsample_prompt_mode, settings.unsample_prompt = "CUSTOM", "a yellow square over a gradient"
+    state = bpy.context.window_manager.unsample
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    assert "from the cache" not in state.message
+    assert cache_usage(latent_cache_folder()) > 0
+    settings.prompt = "a pencil drawing"
+    for strip in styled_strips(scene):
+        strip.select = False
+    image_strip.select = True
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    assert "its unsample pass taken from the cache" in state.message
+    assert bpy.ops.sequencer.unsample_clear_cache() == {"FINISHED"}
+    assert cache_usage(latent_cache_folder()) == 0
+
+
+def test_preview_follows_the_scenes_preview_range_when_one_is_set(movie_strip):
+    scene = bpy.context.scene
+    scene.use_preview_range = True
+    scene.frame_preview_start, scene.frame_preview_end = 4, 9  # the strip shows frames 3 to 13
+    assert bpy.ops.sequencer.unsample_preview() == {"FINISHED"}
+    [preview] = styled_strips(scene)
+    assert (preview.frame_final_start, preview.frame_final_duration) == (4, 6)

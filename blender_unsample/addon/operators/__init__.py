@@ -3,6 +3,7 @@
 import bpy
 
 from .cancel import SEQUENCER_OT_unsample_cancel
+from .clear_cache import SEQUENCER_OT_unsample_clear_cache
 from .lora_add import SEQUENCER_OT_unsample_lora_add
 from .lora_remove import SEQUENCER_OT_unsample_lora_remove
 from .preview import SEQUENCER_OT_unsample_preview
@@ -14,5 +15,6 @@ classes = (
     SEQUENCER_OT_unsample_cancel,
     SEQUENCER_OT_unsample_lora_add,
     SEQUENCER_OT_unsample_lora_remove,
+    SEQUENCER_OT_unsample_clear_cache,
 )
 register, unregister = bpy.utils.register_classes_factory(classes)

@@ -1,0 +1,26 @@
+import bpy
+
+from ..panel import forget_cache_reading
+from ..paths import clear_cache
+from ..runner import RUNNER, latent_cache_folder
+
+
+class SEQUENCER_OT_unsample_clear_cache(bpy.types.Operator):
+    """Delete the cached unsampled latents: the next restyle of each strip unsamples again"""
+
+    bl_idname = "sequencer.unsample_clear_cache"
+    bl_label = "Clear Unsample Cache"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if RUNNER.busy:
+            cls.poll_message_set("A restyle is running: wait for it to finish")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        freed = clear_cache(latent_cache_folder())
+        forget_cache_reading()
+        self.report({"INFO"}, f"Unsample cache cleared: {freed / 2**20:.0f} MB freed")
+        return {"FINISHED"}

@@ -1,0 +1,123 @@
+"""Unsample once, restyle many times: unsampled latents kept on disk, keyed by what made them.
+
+The unsampled noise depends only on the source frames and the unsample settings, so a restyle
+with a new style prompt, CFG or ControlNet can skip the first pass (and the VAE encode) when the
+key matches. Entries are safetensors files with a checksum of their data, evicted least recently
+used first once the cache grows past its cap; a damaged entry is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .protocol import JobSpec
+
+log = logging.getLogger(__name__)
+
+# The settings that change the unsampled latents. The style prompt, resample CFG, ControlNet
+# (unless it also runs while unsampling), noise and seed only act on the resample pass.
+UNSAMPLE_SETTINGS = (
+    "family", "model", "config", "vae", "motion_adapter", "loras", "negative_prompt", "unsample_cfg",
+    "inversion_refinement", "sampler", "scheduler", "steps", "context", "overlap", "fusion", "looped",
+    "control_in_unsample",
+)  # fmt: skip
+_CONTROL_SETTINGS = ("control", "controlnet", "controlnet_strength", "control_start", "control_end")
+_VERSION = 1  # bump when the unsample pass changes what it computes
+
+
+def cache_key(spec: JobSpec, frames: Iterable[Path], size: tuple[int, int], precision: str) -> str:
+    """A hash of the source frames' pixels, the processing size and precision, every setting the
+    unsample pass reads, and the identity of each model file or folder it loads."""
+    digest = hashlib.sha256(f"unsample-cache-{_VERSION}".encode())
+    for path in frames:
+        # The pixels, not the file's bytes: an export's metadata (dates, paths) must not matter.
+        with Image.open(path) as image:
+            digest.update(image.convert("RGB").tobytes())
+    settings = {name: getattr(spec, name) for name in UNSAMPLE_SETTINGS}
+    settings["unsample_prompt"] = spec.source_prompt
+    if spec.control_in_unsample:
+        settings |= {name: getattr(spec, name) for name in _CONTROL_SETTINGS}
+    settings["models"] = {name: _identity(getattr(spec, name)) for name in ("model", "vae", "motion_adapter")}
+    settings["lora_files"] = [_identity(path) for path, _ in spec.lora_weights]
+    digest.update(json.dumps([settings, size, precision], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _identity(source: str) -> object:
+    """A local file or folder by its files' sizes and times (cheap, and changes when they do);
+    a Hub id by its name."""
+    path = Path(source).expanduser() if source else None
+    if path is None or not path.exists():
+        return source
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+class LatentCache:
+    """A folder of unsampled latents with a size cap (bytes); the least recently used go first."""
+
+    def __init__(self, folder: Path | str, limit_bytes: int) -> None:
+        self.folder = Path(folder)
+        self.limit_bytes = limit_bytes
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        """The latents stored under ``key``, or None if absent or damaged (a damaged entry is removed)."""
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as entry:
+                expected = (entry.metadata() or {}).get("checksum")
+                latents = entry.get_tensor("latents")
+            if expected != _checksum(latents):
+                raise ValueError("its checksum differs")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            log.warning("cached latents %s are damaged (%s): unsampling again", path.name, error)
+            path.unlink(missing_ok=True)
+            return None
+        os.utime(path)  # most recently used
+        return latents
+
+    def put(self, key: str, latents: torch.Tensor) -> None:
+        """Store ``latents`` (atomically), then evict the least recently used past the cap."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        latents = latents.detach().to("cpu", torch.float32).contiguous()
+        temporary = self._path(key).with_suffix(".partial")
+        save_file({"latents": latents}, str(temporary), metadata={"checksum": _checksum(latents)})
+        os.replace(temporary, self._path(key))
+        self.evict(keep=key)
+
+    def evict(self, keep: str | None = None) -> None:
+        entries = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in entries)
+        for path in entries:
+            if total <= self.limit_bytes:
+                break
+            if path.stem == keep:
+                continue
+            total -= path.stat().st_size
+            path.unlink(missing_ok=True)
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.glob("*.safetensors")) if self.folder.is_dir() else 0
+
+    def clear(self) -> None:
+        for path in self.folder.glob("*.safetensors"):
+            path.unlink(missing_ok=True)
+
+
+def _checksum(latents: torch.Tensor) -> str:
+    return hashlib.sha256(latents.numpy().tobytes()).hexdigest()
