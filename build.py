@@ -4,6 +4,7 @@
     python3 build.py demo [--tiny] [--out DIR]
                                           the main job: a generated clip restyled in headless Blender
                                           (--tiny: random-weight models, offline, a few CPU minutes)
+    python3 build.py bench [--quick]      measure, and write BENCHMARKS.md (--quick: under ten minutes)
     python3 build.py test [PYTEST ARGS]   every test: ruff, the engine, and the Blender side in
                                           Blender 5.0 and in Blender 4.2 LTS (set-up included)
     python3 build.py wheels [OPTIONS]     fetch cp311 wheels of the worker's dependencies (pyproject's
@@ -470,7 +471,17 @@ def _reachable(address: tuple[str, int]) -> bool:
         return False
 
 
-COMMANDS = {"test": test, "wheels": wheels, "zip": build_zip, "demo": demo}
+# --- bench: measurements written to BENCHMARKS.md --------------------------------------------------
+
+
+def bench(args: list[str]) -> int:
+    python = ensure_environment(MAIN_ENV)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    script = ROOT / "tests" / "benchmarks" / "run.py"
+    return subprocess.run([str(python), str(script), *args], cwd=ROOT, env=env).returncode
+
+
+COMMANDS = {"test": test, "wheels": wheels, "zip": build_zip, "demo": demo, "bench": bench}
 
 
 def main(argv: list[str]) -> int:

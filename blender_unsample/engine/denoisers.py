@@ -56,6 +56,8 @@ class UNetDenoiser:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction type {prediction_type!r}; use one of {PREDICTION_TYPES}")
         self.unet = unet
+        # diffusers computes a model's dtype by walking its modules: read it once, not per call.
+        self.dtype = unet.dtype
         # An image UNet given video (B, C, F, H, W) denoises each frame on its own, as a batch.
         self.frames_in_batch = frames_in_batch
         self.prediction_type = prediction_type
@@ -97,12 +99,12 @@ class UNetDenoiser:
         parts = [guidance.cond]
         if guidance.uses_uncond and guidance.uncond is not None:
             parts.insert(0, guidance.uncond)
-        model_input = (x / (sigma**2 + 1) ** 0.5).to(self.unet.dtype)
+        model_input = (x / (sigma**2 + 1) ** 0.5).to(self.dtype)
         if len(parts) == 2:
             model_input = torch.cat([model_input, model_input])
         embeds = torch.cat([p.embeds.expand(prompts_per_part, -1, -1) for p in parts])
-        embeds = embeds.to(model_input.device, self.unet.dtype)
-        added = _batched_added_conditioning(parts, batch, model_input.device, self.unet.dtype)
+        embeds = embeds.to(model_input.device, self.dtype)
+        added = _batched_added_conditioning(parts, batch, model_input.device, self.dtype)
         timestep = torch.tensor(self.sigma_to_timestep(sigma), dtype=torch.float32, device=model_input.device)
 
         output = self.unet(

@@ -35,11 +35,12 @@ class TinyModels:
     controlnet: Path  # like lllyasviel/control_v11p_sd15_canny
 
 
-def build_tiny_models(root: Path | str, family: str = "sd15", seed: int = 0) -> TinyModels:
-    """Build (or reuse) the tiny model set of ``family`` under ``root/family``."""
+def build_tiny_models(root: Path | str, family: str = "sd15", seed: int = 0, width: int = 1) -> TinyModels:
+    """Build (or reuse) the tiny model set of ``family`` under ``root``. ``width`` multiplies the
+    UNet's channels (benchmarks want a UNet call that costs tens of milliseconds)."""
     if family not in FAMILIES:
         raise ValueError(f"no tiny models for family {family!r}; use one of {FAMILIES}")
-    folder = Path(root) / family
+    folder = Path(root) / (family if width == 1 else f"{family}-x{width}")
     models = TinyModels(family, folder / "checkpoint", folder / "motion_adapter", folder / "controlnet")
     if (folder / "complete").exists():
         return models
@@ -47,7 +48,7 @@ def build_tiny_models(root: Path | str, family: str = "sd15", seed: int = 0) -> 
 
     torch.manual_seed(seed)
     sdxl = family == "sdxl"
-    unet = _unet(sdxl)
+    unet = _unet(sdxl, width)
     channels = unet.config.block_out_channels
     adapter = MotionAdapter(
         block_out_channels=channels,
@@ -71,13 +72,13 @@ def build_tiny_models(root: Path | str, family: str = "sd15", seed: int = 0) -> 
     return models
 
 
-def _unet(sdxl: bool) -> Any:
+def _unet(sdxl: bool, width: int) -> Any:
     from diffusers import UNet2DConditionModel
 
     if not sdxl:
         return UNet2DConditionModel(
             sample_size=8,
-            block_out_channels=(32, 64),
+            block_out_channels=(32 * width, 64 * width),
             layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -88,7 +89,7 @@ def _unet(sdxl: bool) -> Any:
     # SDXL: the two encoders' states side by side; pooled text and six size numbers added to time.
     return UNet2DConditionModel(
         sample_size=8,
-        block_out_channels=(32, 64, 64),
+        block_out_channels=(32 * width, 64 * width, 64 * width),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),

@@ -1,0 +1,98 @@
+"""What every benchmark figure returns, and the report they are written into.
+
+Benchmarks measure and report; none of them passes or fails. Each figure module has
+``measure(quick: bool, scratch: Path) -> Figure``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Figure:
+    number: int
+    title: str
+    question: str  # what a user wants to know from it
+    headers: list[str]
+    rows: list[list[Any]]
+    target: str = ""  # the goal, in words
+    verdict: str = ""  # met / missed / on paper, in words, with the number that decides
+    notes: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)  # every measurement, for the JSON file
+
+    def markdown(self) -> str:
+        lines = [f"## {self.number}. {self.title}", "", self.question, ""]
+        if self.target:
+            lines += [f"**Target:** {self.target}  ", f"**Result:** {self.verdict}", ""]
+        lines.append("| " + " | ".join(self.headers) + " |")
+        lines.append("|" + "|".join("---:" if i else "---" for i in range(len(self.headers))) + "|")
+        lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in self.rows]
+        if self.notes:
+            lines += ["", *(f"- {note}" for note in self.notes)]
+        return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def machine() -> dict[str, Any]:
+    import diffusers
+    import torch
+
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "commit": _commit(),
+    }
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_report(figures: list[Figure], markdown: Path, raw: Path, quick: bool) -> None:
+    info = machine()
+    header = [
+        "# Benchmarks",
+        "",
+        "Written by `python3 build.py bench" + (" --quick`" if quick else "`") + ": measurements, not tests. "
+        "Every ratio compares runs made side by side in one sitting on one machine; absolute times are "
+        "this machine's and move with its load.",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB, GPU: {info['gpu']}. "
+        f"Python {info['python']}, torch {info['torch']}, diffusers {info['diffusers']}. "
+        f"Commit {info['commit']}, {info['date']}" + (" (quick mode: fewer repeats and sizes)." if quick else "."),
+        "",
+    ]
+    markdown.write_text("\n".join(header) + "\n".join(f.markdown() + "\n" for f in figures), encoding="utf-8")
+    raw.write_text(json.dumps({"machine": info, "quick": quick, "figures": [asdict(f) for f in figures]}, indent=2))
