@@ -46,9 +46,11 @@ class FrameExporter:
         return len(self.paths) == len(self.frames)
 
     def step(self, budget: float) -> None:
-        """Render frames until ``budget`` seconds have passed (at least one frame per call)."""
+        """Render one frame, then more while the next one (timed like the last) still fits in
+        ``budget`` seconds: a call overruns the budget by at most one frame's render."""
         started = time.perf_counter()
         while not self.done:
+            frame_started = time.perf_counter()
             index = len(self.paths)
             path = self.folder / f"frame_{index:06d}.png"
             self._copy.frame_current = self.frames[index]
@@ -57,7 +59,8 @@ class FrameExporter:
             if not path.is_file():
                 raise OSError(f"Blender did not write {path}")
             self.paths.append(path)
-            if time.perf_counter() - started >= budget:
+            now = time.perf_counter()
+            if now - started + (now - frame_started) > budget:
                 return
 
     def close(self) -> None:

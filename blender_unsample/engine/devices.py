@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,26 +42,34 @@ def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-def place_models(chain: list[Any], device: torch.device, cpu_offload: bool, standalone: list[Any] = ()) -> None:
-    """Move models to ``device``.
+class Residency:
+    """Which models sit on the device. Without offload, all of them from the start; with
+    ``offload`` (CUDA only), each job phase brings its own models in and sends them back after,
+    so the GPU holds only the text encoders, or the VAE, or the UNet with its ControlNet."""
 
-    With ``cpu_offload`` (CUDA only) each model of ``chain`` moves onto the GPU when it runs and
-    pushes the one before it back to the CPU. ``standalone`` models (the ControlNet, called in
-    turn with the UNet at every step) get their own hook so the two do not evict each other.
-    """
-    chain = [m for m in chain if m is not None]
-    standalone = [m for m in standalone if m is not None]
-    if not cpu_offload or device.type != "cuda":
-        for model in (*chain, *standalone):
-            model.to(device)
-        return
-    from accelerate import cpu_offload_with_hook
+    def __init__(self, device: torch.device, offload: bool) -> None:
+        self.device = device
+        self.offload = offload and device.type == "cuda"
 
-    hook = None
-    for model in chain:
-        _, hook = cpu_offload_with_hook(model, device, prev_module_hook=hook)
-    for model in standalone:
-        cpu_offload_with_hook(model, device)
+    def place(self, models: list[Any]) -> None:
+        if not self.offload:
+            for model in models:
+                if model is not None:
+                    model.to(self.device)
+
+    @contextmanager
+    def phase(self, *models: Any) -> Iterator[None]:
+        present = [m for m in models if m is not None]
+        if self.offload:
+            for model in present:
+                model.to(self.device)
+        try:
+            yield
+        finally:
+            if self.offload:
+                for model in present:
+                    model.to("cpu")
+                free_memory(self.device)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

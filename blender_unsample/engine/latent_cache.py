@@ -53,6 +53,20 @@ def cache_key(spec: JobSpec, frames: Iterable[Path], size: tuple[int, int], prec
     return digest.hexdigest()
 
 
+# What the resample pass adds on top of the unsampled latents.
+RESAMPLE_SETTINGS = (
+    "prompt", "cfg", "noise", "seed", "control", "controlnet", "controlnet_strength", "control_start", "control_end",
+)  # fmt: skip
+
+
+def styled_key(spec: JobSpec, unsample_key: str) -> str:
+    """The key of the resampled (styled) latents: the unsample key and every resample setting.
+    A job interrupted while decoding finds them here and only decodes the frames it lacks."""
+    settings = {name: getattr(spec, name) for name in RESAMPLE_SETTINGS}
+    settings["controlnet_file"] = _identity(spec.controlnet) if spec.control != "none" else None
+    return hashlib.sha256(json.dumps([unsample_key, settings], sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _identity(source: str) -> object:
     """A local file or folder by its files' sizes and times (cheap, and changes when they do);
     a Hub id by its name."""

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,10 +19,10 @@ import torch
 from .context import ContextWindowDenoiser, context_windows
 from .control import ControlledUNet, make_hints
 from .denoisers import Conditioning, Guidance, UNetDenoiser
-from .devices import Placement, free_memory, is_out_of_memory, pick_placement, place_models
+from .devices import Placement, Residency, free_memory, is_out_of_memory, pick_placement
 from .errors import Cancelled, UnsampleError
 from .frames import common_size, list_frames, read_frames, write_frame
-from .latent_cache import LatentCache, cache_key
+from .latent_cache import LatentCache, cache_key, styled_key
 from .models import Components, load_components
 from .progress import ProgressTracker
 from .prompts import encode_prompt
@@ -39,6 +40,8 @@ class Job:
         self.spec = spec
         self.emit = emit
         self.cancel = cancel or threading.Event()
+        self.residency: Residency | None = None
+        self.vae_batch = spec.vae_batch
 
     def warn(self, message: str) -> None:
         log.warning(message)
@@ -80,67 +83,59 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
             tracker.units |= {"unsample": calls * (1 + refine), "resample": calls}
             job.check_cancelled()
 
-            # 3. Encode the prompts, then free the text encoder.
-            place_models(components.text_encoders, placement.device, spec.cpu_offload)
+            # 3. Encode the prompts, then free the text encoders.
+            job.residency = Residency(placement.device, spec.cpu_offload)
+            job.residency.place(components.text_encoders)
 
             def encode(text: str) -> Conditioning:
                 return encode_prompt(
                     components.tokenizers, components.text_encoders, text, placement.device, size, job.warn
                 )
 
-            negative = encode(spec.negative_prompt)
-            unsample_guidance = Guidance(encode(spec.source_prompt), negative, spec.unsample_cfg)
-            style_guidance = Guidance(encode(spec.prompt), negative, spec.cfg)
+            with job.residency.phase(*components.text_encoders):
+                negative = encode(spec.negative_prompt)
+                unsample_guidance = Guidance(encode(spec.source_prompt), negative, spec.unsample_cfg)
+                style_guidance = Guidance(encode(spec.prompt), negative, spec.cfg)
             components.text_encoders = []
             free_memory(placement.device)
-
-            place_models([components.unet, components.vae], placement.device, spec.cpu_offload, [components.controlnet])
+            job.residency.place([components.unet, components.vae, components.controlnet])
             if spec.vae_tiling:
-                components.vae.enable_tiling()
+                _tile_vae(components.vae)
+            job.vae_batch = spec.vae_batch or _default_vae_batch(components.vae)
 
-            # 4. Frames to latents (and ControlNet hints), a few frames at a time; with a cache hit
-            # for these frames and unsample settings, only the hints are read.
+            # 4. What earlier runs left: with the same frames and settings, the styled latents (an
+            # interrupted job: only missing frames are decoded) or the unsampled ones (a new style).
             cache = LatentCache(spec.cache_dir, spec.cache_limit_mb * 2**20) if spec.cache_dir else None
             key = cache_key(spec, frames, size, str(placement.dtype)) if cache else ""
-            cached = cache.get(key) if cache else None
-            if cached is not None:
+            finished_key = styled_key(spec, key) if cache else ""
+            styled = cache.get(finished_key) if cache else None
+            noise = cache.get(key) if cache and styled is None else None
+            unsample_cached = styled is not None or noise is not None
+            if unsample_cached:
                 tracker.units["unsample"] = 0
-            # Hints are cheap to remake and large (a frame each): they never outlive the job.
-            scratch = stack.enter_context(tempfile.TemporaryDirectory(dir=work, ignore_cleanup_errors=True))
-            hints = _open_hints(Path(scratch), spec, len(frames), size)
-            source = (job, components, placement, frames, size, hints, tracker)
-            latents = _read_source(*source, encode=cached is None)
+            if styled is not None:
+                tracker.units["resample"] = tracker.units["encode"] = 0
 
-            # 5. Unsample, then resample with the style prompt.
-            unet = ControlledUNet(
-                components.unet,
-                components.controlnet,
-                hints,
-                spec.controlnet_strength,
-                spec.control_start,
-                spec.control_end,
-                components.scheduler.config.num_train_timesteps,
-            )
-            denoiser = UNetDenoiser.from_scheduler(unet, components.scheduler, frames_in_batch=not components.motion)
-            sigmas = get_sigmas(spec.scheduler, spec.steps, training_sigmas=denoiser.sigmas, family=spec.family)
-
-            passes = (job, denoiser, sigmas, windows, tracker)
-            if cached is not None:
-                noise = cached.to(placement.device)
-            else:
-                unet.enabled = components.controlnet is not None and spec.control_in_unsample
-                run_unsample = functools.partial(unsample, refine=refine)
-                noise = _sampling_pass(*passes, "unsample", run_unsample, latents, unsample_guidance)
+            # 5. Frames to latents and ControlNet hints, a few frames at a time, then unsample and
+            # resample with the style prompt.
+            if styled is None:
+                styled = _restyle_latents(job, components, placement, frames, size, windows, refine, noise, work,
+                                          stack, (unsample_guidance, style_guidance), cache, key, tracker)  # fmt: skip
                 if cache:
-                    cache.put(key, noise)
-            noise = _blend_fresh_noise(noise, spec.noise, spec.seed, float(sigmas[0]))
-            unet.enabled = components.controlnet is not None
-            styled = _sampling_pass(*passes, "resample", resample, noise, style_guidance)
+                    cache.put(finished_key, styled)
+            styled = styled.to(placement.device)
 
-            # 6. Latents to frames on disk, each written whole, in clip order.
-            _decode_frames(job, components, placement, styled, frames, source_size, out, tracker)
+            # 6. Latents to frames on disk, each written whole, in clip order; frames this very job
+            # wrote before it was interrupted are kept.
+            with job.residency.phase(components.vae):
+                reused = _decode_frames(
+                    job, components, placement, styled, frames, source_size, out, finished_key, tracker
+                )
             seconds = round(time.monotonic() - started, 2)
-            done = Done(frames=len(frames), out=str(out), seconds=seconds, unsample_cached=cached is not None)
+            done = Done(
+                frames=len(frames), out=str(out), seconds=seconds, unsample_cached=unsample_cached,
+                frames_reused=reused,
+            )  # fmt: skip
             emit(done)
             return done
     except UnsampleError:
@@ -157,6 +152,70 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
     finally:
         if placement is not None:
             free_memory(placement.device)
+
+
+def _restyle_latents(
+    job: Job,
+    components: Components,
+    placement: Placement,
+    frames: list[Path],
+    size: tuple[int, int],
+    windows: list[list[int]],
+    refine: int,
+    noise: torch.Tensor | None,
+    work: Path,
+    stack: ExitStack,
+    guidance: tuple[Guidance, Guidance],
+    cache: LatentCache | None,
+    key: str,
+    tracker: ProgressTracker,
+) -> torch.Tensor:
+    """The styled latents: unsampled here unless ``noise`` came from the cache, then resampled."""
+    spec = job.spec
+    # Hints are cheap to remake and large (a frame each): they never outlive the job.
+    scratch = stack.enter_context(tempfile.TemporaryDirectory(dir=work, ignore_cleanup_errors=True))
+    hints = _open_hints(Path(scratch), spec, len(frames), size)
+    with job.residency.phase(components.vae if noise is None else None):
+        latents = _read_source(job, components, placement, frames, size, hints, tracker, encode=noise is None)
+    unet = ControlledUNet(
+        components.unet,
+        components.controlnet,
+        hints,
+        spec.controlnet_strength,
+        spec.control_start,
+        spec.control_end,
+        components.scheduler.config.num_train_timesteps,
+    )
+    denoiser = UNetDenoiser.from_scheduler(unet, components.scheduler, frames_in_batch=not components.motion)
+    sigmas = get_sigmas(spec.scheduler, spec.steps, training_sigmas=denoiser.sigmas, family=spec.family)
+    unsample_guidance, style_guidance = guidance
+    passes = (job, denoiser, sigmas, windows, tracker)
+    with job.residency.phase(components.unet, components.controlnet):
+        if noise is None:
+            unet.enabled = components.controlnet is not None and spec.control_in_unsample
+            run_unsample = functools.partial(unsample, refine=refine)
+            noise = _sampling_pass(*passes, "unsample", run_unsample, latents, unsample_guidance)
+            if cache:
+                cache.put(key, noise)
+        noise = _blend_fresh_noise(noise.to(placement.device), spec.noise, spec.seed, float(sigmas[0]))
+        unet.enabled = components.controlnet is not None
+        return _sampling_pass(*passes, "resample", resample, noise, style_guidance)
+
+
+def _default_vae_batch(vae: Any) -> int:
+    """Frames per VAE call when not set: 8 for SD 1.5's VAE; SDXL's at 1024 px needs about 3 GB a
+    frame in fp32 (1.5 in fp16), so 1 (2 in fp16): more runs a 12 GB card out of memory."""
+    if vae.config.scaling_factor != 0.13025:  # not SDXL's
+        return 8
+    return 2 if vae.dtype == torch.float16 else 1
+
+
+def _tile_vae(vae: Any) -> None:
+    """VAE tiling in diffusers starts above the VAE's own sample size (512 or 1024 px), so at those
+    sizes it would never tile: tile from 256 px, in tiles of 256 px."""
+    vae.enable_tiling()
+    vae.tile_sample_min_size = min(vae.tile_sample_min_size, 256)
+    vae.tile_latent_min_size = vae.tile_sample_min_size // (2 ** (len(vae.config.block_out_channels) - 1))
 
 
 def _windows(spec: JobSpec, frames: int, limit: int | None, warn: Callable[[str], None]) -> list[list[int]]:
@@ -222,7 +281,7 @@ def _read_source(
         shape = (1, vae.config.latent_channels, len(frames), size[1] // factor, size[0] // factor)
         latents = torch.empty(shape, dtype=torch.float32, device=placement.device)
     tracker.start("encode")
-    batch = job.spec.vae_batch
+    batch = job.vae_batch
     for start in range(0, len(frames), batch):
         job.check_cancelled()
         pixels = read_frames(frames[start : start + batch], size)
@@ -276,6 +335,9 @@ def _blend_fresh_noise(noise: torch.Tensor, share: float, seed: int, sigma_max: 
     return noise * math.sqrt(1 - share**2) + fresh * (sigma_max * share)
 
 
+JOB_MARKER = ".unsample-job"  # in the output folder: the key of the styled latents its frames come from
+
+
 def _decode_frames(
     job: Job,
     components: Components,
@@ -284,19 +346,37 @@ def _decode_frames(
     frames: list[Path],
     source_size: tuple[int, int],
     out: Path,
+    key: str,
     tracker: ProgressTracker,
-) -> None:
+) -> int:
+    """Decode and write every frame; returns how many were already there from this same job."""
+    kept = _frames_kept(out, key, frames)
     vae = components.vae
     tracker.start("decode")
-    batch = job.spec.vae_batch
+    batch = job.vae_batch
     for start in range(0, len(frames), batch):
         job.check_cancelled()
-        chunk = latents[0, :, start : start + batch].permute(1, 0, 2, 3) / vae.config.scaling_factor
-        images = vae.decode(chunk.to(vae.dtype), return_dict=False)[0]
-        pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        for offset, frame_pixels in enumerate(pixels):
-            index = start + offset
-            write_frame(out / frames[index].name, frame_pixels, source_size)
+        todo = [i for i in range(start, min(start + batch, len(frames))) if frames[i].name not in kept]
+        if todo:
+            chunk = latents[0, :, todo].permute(1, 0, 2, 3) / vae.config.scaling_factor
+            images = vae.decode(chunk.to(vae.dtype), return_dict=False)[0]
+            pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            for index, frame_pixels in zip(todo, pixels.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
+                write_frame(out / frames[index].name, frame_pixels, source_size)
+        for index in range(start, min(start + batch, len(frames))):
             tracker.frames_written += 1
             job.emit(FrameWritten(name=frames[index].name, index=index))
-        tracker.advance(min(start + batch, len(frames)), len(frames), units=len(pixels))
+        tracker.advance(min(start + batch, len(frames)), len(frames), units=min(batch, len(frames) - start))
+    return len(kept)
+
+
+def _frames_kept(out: Path, key: str, frames: list[Path]) -> set[str]:
+    """Frames already in ``out`` that this same job (same styled latents) wrote before it stopped.
+    Anything else there is overwritten; half-written temporary files are removed."""
+    for partial in out.glob(".*.partial"):
+        partial.unlink(missing_ok=True)
+    marker = out / JOB_MARKER
+    same_job = bool(key) and marker.is_file() and marker.read_text(encoding="utf-8").strip() == key
+    if key:
+        marker.write_text(key, encoding="utf-8")
+    return {f.name for f in frames if (out / f.name).is_file()} if same_job else set()

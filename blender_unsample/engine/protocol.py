@@ -121,9 +121,14 @@ class JobSpec:
     width: int = _setting(0, "processing width, a multiple of 8 (0: the frames' own)", low=0, high=4096)
     height: int = _setting(0, "processing height, a multiple of 8 (0: the frames' own)", low=0, high=4096)
     device: str = _setting("auto", "compute device", choices=DEVICES)
-    vae_batch: int = _setting(8, "frames per VAE call; 1 is the least memory", low=1, high=64)
-    vae_tiling: bool = _setting(False, "decode in tiles: for large frames on small GPUs")
-    cpu_offload: bool = _setting(False, "keep only the model in use on the GPU (slower, far less VRAM)")
+    vae_batch: int = _setting(
+        0, "frames per VAE call; 1 is the least memory (0: 8 for SD 1.5, 1 for SDXL's full-precision VAE)",
+        low=0, high=64,
+    )  # fmt: skip
+    vae_tiling: bool = _setting(False, "encode and decode in tiles of 256 px: for large frames on small GPUs")
+    cpu_offload: bool = _setting(
+        False, "keep on the GPU only the models of the phase at hand: text encoders, VAE, or UNet and ControlNet"
+    )
     allow_download: bool = _setting(False, "fetch missing models from the Hugging Face Hub")
     work_dir: str = _setting("", "folder for intermediate files (default: a temporary folder)")
     cache_dir: str = _setting(
@@ -301,6 +306,7 @@ class Done:
     out: str
     seconds: float
     unsample_cached: bool = False  # the unsampled latents came from the cache: no unsample pass ran
+    frames_reused: int = 0  # frames an interrupted run of this same job had already written
 
 
 Event = Progress | FrameWritten | WarningEvent | ErrorEvent | Done

@@ -22,7 +22,7 @@ def unsample_calls(events) -> int:
 
 
 def frames(folder):
-    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.iterdir())])
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
 
 
 @pytest.fixture
@@ -72,10 +72,10 @@ def test_a_damaged_entry_is_detected_and_recomputed(tiny_spec, clip, tmp_path):
     cache = tmp_path / "cache"
     source = dict(unsample_prompt="x", cache_dir=str(cache), control="none")
     run(tiny_spec(clip, out=str(tmp_path / "a"), **source))
-    [entry] = cache.glob("*.safetensors")
-    data = bytearray(entry.read_bytes())
-    data[-8:] = bytes(8 * [0x7F])  # flip bytes inside the tensor data: the file still parses
-    entry.write_bytes(bytes(data))
+    for entry in cache.glob("*.safetensors"):  # the unsampled and the styled latents
+        data = bytearray(entry.read_bytes())
+        data[-8:] = bytes(8 * [0x7F])  # flip bytes inside the tensor data: the file still parses
+        entry.write_bytes(bytes(data))
     again = run(tiny_spec(clip, out=str(tmp_path / "b"), **source))
     assert unsample_calls(again) > 0 and not again[-1].unsample_cached
     np.testing.assert_array_equal(frames(tmp_path / "a"), frames(tmp_path / "b"))
@@ -95,3 +95,36 @@ def test_the_least_recently_used_entries_go_first(tmp_path):
     assert cache.size_bytes() <= cache.limit_bytes
     cache.clear()
     assert cache.size_bytes() == 0 and cache.get("a") is None
+
+
+def test_an_interrupted_job_run_again_only_decodes_the_frames_it_lacks(tiny_spec, clip, tmp_path):
+    import threading
+
+    from blender_unsample.engine.errors import UnsampleError
+    from blender_unsample.engine.protocol import FrameWritten
+
+    settings = dict(cache_dir=str(tmp_path / "cache"), control="canny", vae_batch=1, out=str(tmp_path / "out"))
+    cancel, events = threading.Event(), []
+
+    def stop_after_two(event):
+        events.append(event)
+        if isinstance(event, FrameWritten) and event.index == 1:
+            cancel.set()
+
+    with pytest.raises(UnsampleError):
+        restyle(tiny_spec(clip, **settings), stop_after_two, cancel)
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
+    resumed = run(tiny_spec(clip, **settings))
+    assert resumed[-1].frames_reused == 2 and resumed[-1].frames == 4
+    assert not any(isinstance(e, Progress) and e.stage in ("unsample", "resample") for e in resumed)
+    run(tiny_spec(clip, control="canny", vae_batch=1, out=str(tmp_path / "clean")))
+    np.testing.assert_array_equal(frames(tmp_path / "out"), frames(tmp_path / "clean"))
+
+
+def test_frames_left_by_a_different_job_in_the_output_folder_are_replaced(tiny_spec, clip, tmp_path):
+    settings = dict(cache_dir=str(tmp_path / "cache"), control="none", out=str(tmp_path / "out"))
+    run(tiny_spec(clip, prompt="ink", **settings))
+    other = run(tiny_spec(clip, prompt="oil", **settings))
+    assert other[-1].frames_reused == 0
+    run(tiny_spec(clip, prompt="oil", control="none", out=str(tmp_path / "clean")))
+    np.testing.assert_array_equal(frames(tmp_path / "out"), frames(tmp_path / "clean"))

@@ -1,0 +1,86 @@
+"""The options that lower GPU memory: offload by job phase, VAE batch size and tiling."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_clip
+from PIL import Image
+
+from blender_unsample.engine import devices
+from blender_unsample.engine.devices import Residency
+from blender_unsample.engine.pipeline import _default_vae_batch, restyle
+
+
+class Recorder(torch.nn.Module):
+    """A model that records where it is moved."""
+
+    def __init__(self, name, log):
+        super().__init__()
+        self.name, self.log, self.where = name, log, "cpu"
+
+    def to(self, device):
+        self.where = str(device)
+        self.log.append((self.name, self.where))
+        return self
+
+
+def test_offload_keeps_only_the_models_of_the_phase_at_hand_on_the_gpu(monkeypatch):
+    monkeypatch.setattr(devices, "free_memory", lambda device: None)
+    log = []
+    unet, controlnet, vae = (Recorder(n, log) for n in ("unet", "controlnet", "vae"))
+    residency = Residency(torch.device("cuda"), offload=True)
+    residency.place([unet, controlnet, vae])
+    assert log == [], "with offload nothing moves up front"
+    with residency.phase(vae):
+        assert (unet.where, vae.where) == ("cpu", "cuda")
+    with residency.phase(unet, controlnet):
+        assert (unet.where, controlnet.where, vae.where) == ("cuda", "cuda", "cpu")
+    assert (unet.where, controlnet.where) == ("cpu", "cpu")
+
+
+def test_without_offload_everything_is_placed_once():
+    log = []
+    unet, vae = Recorder("unet", log), Recorder("vae", log)
+    residency = Residency(torch.device("cuda"), offload=False)
+    residency.place([unet, vae, None])
+    with residency.phase(vae):
+        pass
+    assert log == [("unet", "cuda"), ("vae", "cuda")]
+
+
+def test_offload_does_nothing_off_cuda():
+    log = []
+    residency = Residency(torch.device("mps"), offload=True)  # one memory for CPU and GPU there
+    residency.place([Recorder("unet", log)])
+    assert log == [("unet", "mps")]
+
+
+def test_the_vae_batch_follows_the_family_when_unset(tiny_models, tiny_sdxl):
+    from diffusers import AutoencoderKL
+
+    sd15 = AutoencoderKL.from_pretrained(tiny_models.checkpoint, subfolder="vae")
+    sdxl = AutoencoderKL.from_pretrained(tiny_sdxl.checkpoint, subfolder="vae")
+    assert _default_vae_batch(sd15) == 8
+    assert _default_vae_batch(sdxl) == 1  # full precision: about 3 GB a frame at 1024 px
+    assert _default_vae_batch(sdxl.to(torch.float16)) == 2
+
+
+def test_vae_tiling_really_tiles_and_keeps_the_picture(tiny_spec, tmp_path):
+    clip = tmp_path / "clip"
+    write_clip(clip, 2, size=(320, 256))
+    common = dict(motion_adapter="none", control="none", steps=1, inversion_refinement=0)
+    restyle(tiny_spec(clip, out=str(tmp_path / "whole"), **common), lambda event: None)
+    restyle(tiny_spec(clip, out=str(tmp_path / "tiled"), vae_tiling=True, **common), lambda event: None)
+    whole = np.asarray(Image.open(tmp_path / "whole" / "frame_0001.png"), dtype=np.int16)
+    tiled = np.asarray(Image.open(tmp_path / "tiled" / "frame_0001.png"), dtype=np.int16)
+    difference = np.abs(whole - tiled).mean()
+    assert 0 < difference < 40, f"tiling must change the pixels a little (seams), not break them: {difference}"
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_vae_batch_size_writes_every_frame(tiny_spec, tmp_path, batch):
+    clip = tmp_path / "clip"
+    write_clip(clip, 5)
+    events = []
+    restyle(tiny_spec(clip, vae_batch=batch, control="none", steps=1), events.append)
+    assert [e.index for e in events if e.type == "frame"] == [0, 1, 2, 3, 4]
