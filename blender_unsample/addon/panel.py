@@ -143,6 +143,8 @@ def draw_job_box(layout: bpy.types.UILayout, context: bpy.types.Context) -> None
         return
     icon = {"FINISHED": "CHECKMARK", "CANCELLED": "CANCEL", "FAILED": "ERROR"}[state.status]
     _wrapped(box, state.message or state.status.title(), width, icon)
+    if RUNNER.resumable:
+        box.operator("sequencer.unsample_resume", text="Resume", icon="RECOVER_LAST")
     if state.status == "FAILED" and state.log_tail:
         column = box.column(align=True)
         column.scale_y = 0.8

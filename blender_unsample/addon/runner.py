@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ CANCEL_GRACE = 10.0  # seconds a cancelled worker gets before it is killed
 EXPORT_SHARE = 0.05  # of a strip's progress bar
 STAGE_TEXT = {
     "load": "Loading models",
+    "download": "Downloading models (files)",
     "encode": "Encoding frames",
     "unsample": "Unsampling",
     "resample": "Restyling",
@@ -51,6 +53,8 @@ class StripJob:
     error: ErrorEvent | None = None
     warnings: list[str] = field(default_factory=list)
     cancel_sent_at: float | None = None
+    resume: bool = False  # run again in its own folder, reusing what the earlier run left
+    started: bool = False
 
     @property
     def frames_dir(self) -> Path:
@@ -76,6 +80,7 @@ class Runner:
         self.current: StripJob | None = None
         self.outcomes: list[Outcome] = []
         self.added: list[str] = []  # names of the strips this batch added
+        self.resumable: list[StripJob] = []  # failed or cancelled in this batch, their folders kept
         self.longest_tick = 0.0
         self.batch_size = 0
         self.cancelled = False
@@ -87,7 +92,7 @@ class Runner:
     def enqueue(self, scene: bpy.types.Scene, strips: list, preview: bool = False) -> int:
         """Queue ``strips`` of ``scene``; returns how many were queued."""
         if not self.busy:
-            self.outcomes, self.added, self.batch_size, self.cancelled = [], [], 0, False
+            self._new_batch()
         root = cache_root()
         for strip in strips:
             frames = _frames_to_restyle(scene, strip, preview)
@@ -98,11 +103,28 @@ class Runner:
         _state().status = "EXPORTING"
         return len(strips)
 
+    def _new_batch(self) -> None:
+        self.outcomes, self.added, self.resumable, self.batch_size, self.cancelled = [], [], [], 0, False
+
+    def resume(self) -> int:
+        """Queue the last batch's failed or cancelled strips again, each in its own job folder."""
+        jobs = [job for job in self.resumable if job.run_dir.is_dir()]
+        if not self.busy:
+            self._new_batch()
+        for job in jobs:
+            job.resume, job.started = True, False
+            self.queue.append(job)
+        self.batch_size += len(jobs)
+        if jobs:
+            _state().status = "EXPORTING"
+        return len(jobs)
+
     def cancel(self) -> None:
         """Stop the running strip and drop the rest of the batch; nothing is imported."""
         self.cancelled = True
         for job in self.queue:
             self.outcomes.append(Outcome(job.ref.name, False, "cancelled before it started"))
+        self.resumable.extend(self.queue)
         self.queue.clear()
         job = self.current
         if job is None:
@@ -143,6 +165,15 @@ class Runner:
         state.status = "EXPORTING"
         state.log_tail = ""
         scene, strip = job.ref.find()
+        job.done, job.error, job.warnings, job.cancel_sent_at = None, None, [], None
+        exported = sorted(job.frames_dir.glob("frame_*.png"))
+        job_file = job.run_dir / "job.json"
+        if job.resume and job_file.is_file() and len(exported) == len(job.frames):
+            # A resumed job's frames and settings are all there: straight to the worker, which
+            # reuses what its earlier run left (cached latents, frames it wrote).
+            job.spec = JobSpec.from_dict(json.loads(job_file.read_text(encoding="utf-8")))
+            self._start_worker(job)
+            return
         size = processing_size(scene.unsample, scene)
         prefs = preferences()
         models_folder = prefs.models_folder if prefs else ""
@@ -152,12 +183,15 @@ class Runner:
         job.exporter = FrameExporter(scene, strip, job.frames, job.frames_dir, size)
 
     def _advance(self, job: StripJob, budget: float) -> None:
-        if job.spec is None:
+        if not job.started:
+            job.started = True
             self._begin(job)
         elif job.exporter is not None:
             self._export(job, budget)
         elif job.worker is not None:
             self._follow_worker(job)
+        else:  # never left without a next step: that would tick forever
+            raise RuntimeError("the job has nothing left to run")
 
     def _export(self, job: StripJob, budget: float) -> None:
         exporter = job.exporter
@@ -174,8 +208,11 @@ class Runner:
             return
         exporter.close()
         job.exporter = None
+        (job.run_dir / "job.json").write_text(job.spec.to_json(), encoding="utf-8")
+        self._start_worker(job)
+
+    def _start_worker(self, job: StripJob) -> None:
         job_file = job.run_dir / "job.json"
-        job_file.write_text(job.spec.to_json(), encoding="utf-8")
         python = worker_python()
         try:
             job.worker = Worker(
@@ -186,6 +223,7 @@ class Runner:
                 f"cannot start the worker Python {python} ({error.strerror or error}): check the "
                 "Worker Python preference"
             ) from error
+        state = _state()
         state.status = "RUNNING"
         state.stage = STAGE_TEXT["load"]
 
@@ -247,7 +285,9 @@ class Runner:
         select_only(scene, set(self.added), strip.name)  # the batch's results, the newest active
         _push_undo(f"Unsample: add {strip.name}")
         message = f"added '{strip.name}' on channel {strip.channel}"
-        if job.done.unsample_cached:
+        if job.done.frames_reused:
+            message += f", resumed with {job.done.frames_reused} frames already made"
+        elif job.done.unsample_cached:
             message += ", its unsample pass taken from the cache"
         if job.warnings:
             message += f" ({len(job.warnings)} warnings: {job.warnings[-1]})"
@@ -256,8 +296,12 @@ class Runner:
     def _finish(self, job: StripJob, ok: bool, message: str) -> None:
         if job.exporter is not None:
             job.exporter.close()
+            job.exporter = None
         if job.worker is not None:
             job.worker.kill()
+            job.worker = None
+        if not ok:
+            self.resumable.append(job)  # its folder is kept: Resume runs it again there
         self.outcomes.append(Outcome(job.ref.name, ok, message))
         _state().message = f"{job.ref.name}: {message}"
         self.current = None

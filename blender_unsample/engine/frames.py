@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Sequence
@@ -77,6 +78,12 @@ def write_frame(path: Path, pixels: np.ndarray, size: tuple[int, int] | None = N
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
+        if error.errno == errno.ENOSPC:
+            raise UnsampleError(
+                ErrorCode.DISK_FULL,
+                f"the disk is full: {path.name} could not be written to {path.parent}; free some space there, "
+                "then run the job again (the frames already written are kept)",
+            ) from error
         raise UnsampleError(
             ErrorCode.OUTPUT_NOT_WRITABLE, f"cannot write {path.name} in {path.parent}: {error.strerror or error}"
         ) from error

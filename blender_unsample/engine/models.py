@@ -39,7 +39,11 @@ class Components:
 
 
 def load_components(
-    spec: JobSpec, dtype: torch.dtype, vae_dtype: torch.dtype, warn: Callable[[str], None] = log.warning
+    spec: JobSpec,
+    dtype: torch.dtype,
+    vae_dtype: torch.dtype,
+    warn: Callable[[str], None] = log.warning,
+    on_download: DownloadReport | None = None,
 ) -> Components:
     """Everything a restyle job needs, on the CPU, in the given dtypes.
 
@@ -47,7 +51,7 @@ def load_components(
     weights-only). Whether the files fit together is checked on configs and file headers, before
     the weights they describe are loaded and always before anything is sampled.
     """
-    loader = _Loader(spec, dtype)
+    loader = _Loader(spec, dtype, on_download)
     # 1. The checkpoint: its UNet decides what every other file must fit.
     tokenizers, text_encoders, unet, scheduler, embedded_vae = loader.checkpoint()
     # 2. The others, each checked against it; LoRAs merged into the image UNet, so that the
@@ -85,15 +89,18 @@ def _motion_unet(unet: Any, motion: Any, spec: JobSpec) -> tuple[Any, int | None
 class _Loader:
     """Loads each role from a folder, a Hub id or a single file."""
 
-    def __init__(self, spec: JobSpec, dtype: torch.dtype) -> None:
+    def __init__(self, spec: JobSpec, dtype: torch.dtype, on_download: DownloadReport | None) -> None:
         self.spec = spec
         self.dtype = dtype
+        self.on_download = on_download
 
     def _load(self, cls: Any, source: str, subfolder: str | None, role: str, **kwargs: Any) -> Any:
-        return load_pretrained(cls, source, subfolder, role, self.spec.allow_download, **kwargs)
+        allowed = self.spec.allow_download
+        return load_pretrained(cls, source, subfolder, role, allowed, on_download=self.on_download, **kwargs)
 
     def _config(self, cls: Any, source: str, subfolder: str | None, role: str) -> dict[str, Any]:
-        return load_pretrained(cls, source, subfolder, role, self.spec.allow_download, method="load_config")
+        allowed = self.spec.allow_download
+        return load_pretrained(cls, source, subfolder, role, allowed, "load_config", self.on_download)
 
     def checkpoint(self) -> tuple[list[Any], list[Any], Any, Any, Any | None]:
         """(tokenizers, text encoders, UNet2DConditionModel, scheduler, the file's own VAE or None)."""
@@ -195,6 +202,9 @@ def _config_beside(path: str) -> str | None:
     return str(folder) if (folder / "config.json").is_file() else None
 
 
+DownloadReport = Callable[[str, int, int], None]  # (repo, files done, files in all); may raise to stop
+
+
 def load_pretrained(
     cls: Any,
     source: str,
@@ -202,10 +212,11 @@ def load_pretrained(
     role: str,
     allow_download: bool,
     method: str = "from_pretrained",
+    on_download: DownloadReport | None = None,
     **kwargs: Any,
 ) -> Any:
     """``cls.from_pretrained`` (or ``load_config``) from a local folder, the Hugging Face cache, or
-    (if allowed) the Hub."""
+    (if allowed) the Hub, reporting a download's progress file by file to ``on_download``."""
     local = Path(source).expanduser()
     if local.exists():
         return _from_pretrained(cls, method, str(local), subfolder, role, ErrorCode.MODEL_INVALID, **kwargs)
@@ -222,7 +233,44 @@ def load_pretrained(
                 str(cached_error),
             ) from cached_error
     log.info("downloading %s (%s) from the Hugging Face Hub", source, subfolder or "all")
+    if on_download is not None:
+        download(source, subfolder, on_download)
     return _from_pretrained(cls, method, source, subfolder, role, ErrorCode.MODEL_NOT_FOUND, **kwargs)
+
+
+def download(repo: str, subfolder: str | None, report: DownloadReport) -> None:
+    """Fetch what loading ``repo`` (``subfolder``) needs into the Hugging Face cache, file by file,
+    calling ``report`` after each; weights in one format only (safetensors where the repo has them),
+    no half-precision or EMA duplicates."""
+    from huggingface_hub import HfApi, snapshot_download
+    from tqdm.auto import tqdm
+
+    try:
+        files = HfApi().list_repo_files(repo)
+    except Exception as error:  # the Hub's own errors (no network, no such repo) are many classes
+        raise UnsampleError(
+            ErrorCode.MODEL_NOT_FOUND, f"cannot reach {repo} on the Hugging Face Hub: {error}"
+        ) from error
+    wanted = [f for f in files if "/" not in f or (subfolder and f.startswith(subfolder + "/"))]
+    safetensors = any(f.endswith(".safetensors") for f in wanted)
+    wanted = [
+        f for f in wanted
+        if not (safetensors and f.endswith((".bin", ".ckpt", ".pt", ".pth")))
+        and not f.endswith((".onnx", ".msgpack", ".h5", ".pb")) and ".fp16." not in f and "non_ema" not in f
+    ]  # fmt: skip
+
+    class Reporting(tqdm):
+        # Counts for itself: a disabled bar (progress bars off) skips its own count.
+        done = 0
+
+        def update(self, n: int = 1) -> bool | None:
+            shown = super().update(n)
+            self.done += n
+            report(repo, self.done, len(wanted))
+            return shown
+
+    report(repo, 0, len(wanted))
+    snapshot_download(repo, allow_patterns=wanted, tqdm_class=Reporting)
 
 
 def _from_pretrained(

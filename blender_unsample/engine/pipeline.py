@@ -26,7 +26,7 @@ from .latent_cache import LatentCache, cache_key, styled_key
 from .models import Components, load_components
 from .progress import ProgressTracker
 from .prompts import encode_prompt
-from .protocol import Done, ErrorCode, Event, FrameWritten, JobSpec, WarningEvent
+from .protocol import Done, ErrorCode, Event, FrameWritten, JobSpec, Progress, WarningEvent
 from .schedules import get_sigmas
 from .unsampling import resample, unsample
 
@@ -50,6 +50,11 @@ class Job:
     def check_cancelled(self) -> None:
         if self.cancel.is_set():
             raise Cancelled()
+
+    def downloading(self, repo: str, done: int, total: int) -> None:
+        """A model download's progress, file by file; cancelling stops it between files."""
+        self.emit(Progress(stage="download", step=done, total=total))
+        self.check_cancelled()
 
 
 def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Event | None = None) -> Done:
@@ -77,7 +82,8 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
             # 2. Load the models; the motion module decides how many frames a window may hold.
             tracker.start("load")
             placement = pick_placement(spec.device)
-            components = load_components(spec, placement.dtype, placement.vae_dtype, job.warn)
+            components = load_components(spec, placement.dtype, placement.vae_dtype, job.warn, job.downloading)
+            _check_size(size, components)
             windows = _windows(spec, len(frames), components.context_limit, job.warn)
             calls = spec.steps * len(windows)
             tracker.units |= {"unsample": calls * (1 + refine), "resample": calls}
@@ -200,6 +206,16 @@ def _restyle_latents(
         noise = _blend_fresh_noise(noise.to(placement.device), spec.noise, spec.seed, float(sigmas[0]))
         unet.enabled = components.controlnet is not None
         return _sampling_pass(*passes, "resample", resample, noise, style_guidance)
+
+
+def _check_size(size: tuple[int, int], components: Components) -> None:
+    """Each UNet level halves the latents; the deepest must keep at least one latent pixel."""
+    least = components.vae_scale_factor * 2 ** (len(components.unet.config.block_out_channels) - 1)
+    if min(size) < least:
+        raise UnsampleError(
+            ErrorCode.BAD_FRAMES,
+            f"frames of {size[0]}x{size[1]} are too small for this model: it needs at least {least} pixels a side",
+        )
 
 
 def _default_vae_batch(vae: Any) -> int:

@@ -240,6 +240,7 @@ class ErrorCode(StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
     OUTPUT_NOT_WRITABLE = "output_not_writable"
     WORKER_SETUP = "worker_setup"
+    DISK_FULL = "disk_full"
     CANCELLED = "cancelled"
 
     @property
@@ -257,6 +258,7 @@ _EXIT_CODES = {
     ErrorCode.OUT_OF_MEMORY: 8,
     ErrorCode.OUTPUT_NOT_WRITABLE: 9,
     ErrorCode.WORKER_SETUP: 10,
+    ErrorCode.DISK_FULL: 11,
     ErrorCode.CANCELLED: 130,
 }
 

@@ -331,7 +331,8 @@ def measure(quick: bool, scratch: Path) -> Figure:
     # more between runs on shared cores, far more than the few per cent the two loops differ by.
     worst = max(results, key=lambda r: r["equal_unet_ratio"])
     ratio = worst["equal_unet_ratio"]
-    verdict = f"{'met' if ratio <= 1.0 else 'missed'}: {ratio:.3f}x at equal UNet time"
+    # Repeated runs of the same code differ by about 1 % here: closer than that is a tie.
+    verdict = f"{'met' if ratio <= 1.0 else 'even' if ratio <= 1.01 else 'missed'}: {ratio:.3f}x at equal UNet time"
     where = f", {worst['size']} px, the worse size" if len(results) > 1 else ""
     verdict += f" (on the clock {worst['ratio']:.3f}x{where})"
     return Figure(

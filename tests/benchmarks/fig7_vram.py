@@ -10,12 +10,18 @@ notes put numbers on those. The same count is checked against the CPU allocator 
 run. Attention is counted as PyTorch's fused SDPA kernels hold it on a GPU: output and row
 statistics, never the attention matrix.
 
-The job is modelled phase by phase as ``engine/pipeline.py`` runs it: text encoders alone (freed
-after encoding); then UNet with motion module, ControlNet and VAE resident while frames are VAE
-encoded ``vae_batch`` at a time, sampled a context window at a time (CFG doubles the batch) and
-decoded ``vae_batch`` at a time. With ``--cpu-offload`` (``engine/devices.py``) the UNet comes
-onto the GPU only for sampling and the VAE pushes it off for decoding; the ControlNet, once used,
-stays.
+The job is modelled phase by phase as ``engine/pipeline.py`` runs it: the prompts, by the text
+encoders alone (freed after); the frames, VAE encoded ``vae_batch`` at a time; the clip, sampled a
+context window at a time (CFG doubles the batch); and the frames decoded ``vae_batch`` at a time.
+``--vae-batch`` 0, the default, is the engine's own choice (``_default_vae_batch``): 8 frames a
+call for SD1.5, 1 for SDXL's own VAE in fp32, 2 for an fp16-fix one. Without ``--cpu-offload`` the
+UNet with its motion module, the ControlNet and the VAE stay on the GPU from the first frame
+encoded to the last one decoded. With it, each phase brings only its own models onto the GPU and
+sends them back to the CPU after (``Residency.phase`` in ``engine/devices.py``): the text encoders
+for the prompts, the VAE for encoding and for decoding, the UNet and the ControlNet for sampling.
+``--vae-tiling`` (``_tile_vae``) makes the VAE work in 256-px tiles overlapping by a quarter, even
+at 512² and 1024²; it is measured through diffusers' own tiled encode and decode, tile by tile and
+blend by blend. The clip's latents stay on the GPU throughout.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ CARD_GIB = 12.0  # "12 GB" cards (RTX 3060, 4070) have 12 GiB
 CUDA_CONTEXT_GIB = 0.5  # driver context and kernels: outside torch's allocator, seen by nvidia-smi
 MARGIN = 0.15  # allocator fragmentation and cuDNN workspaces on top of the live-tensor peak
 BUDGET_GIB = CARD_GIB - CUDA_CONTEXT_GIB
-VAE_BATCH = 8  # the job's default frames per VAE call (protocol.py)
+CHECK_BATCH = 8  # frames of the VAE calls that check that a call's bytes grow linearly with its frames
 BLOCK = 512  # the CUDA caching allocator rounds every block up to a multiple of 512 bytes
 
 # --- the real configs (Hugging Face config.json of each reference model, architecture keys only) ---
@@ -91,6 +97,7 @@ VAE: dict[str, Any] = {
     "layers_per_block": 2,
     "latent_channels": 4,
 }
+SDXL_VAE: dict[str, Any] = {"scaling_factor": 0.13025}  # how the engine tells SDXL's VAE from SD1.5's
 CLIP_L: dict[str, Any] = {  # openai/clip-vit-large-patch14 text model
     "hidden_size": 768,
     "intermediate_size": 3072,
@@ -281,7 +288,7 @@ def build(setup: Setup) -> Models:
         adapter = MotionAdapter(**adapter_config)
         unet = UNetMotionModel.from_unet2d(unet2d, adapter)
         controlnet = ControlNetModel.from_unet(unet2d)
-        vae = AutoencoderKL(**VAE, sample_size=setup.size)  # the reference configs' sample_size
+        vae = AutoencoderKL(**VAE, **(SDXL_VAE if xl else {}), sample_size=setup.size)  # the configs' sample_size
         encoders = [CLIPTextModel(CLIPTextConfig(**CLIP_L))]
         if xl:
             encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG)))
@@ -356,25 +363,47 @@ def unet_step(
     return tracker
 
 
-def vae_pass(vae: nn.Module, size: int, batch: int, decode: bool, tiled: bool = False) -> LiveBytes:
-    """One VAE call on ``batch`` frames, as pipeline.py's _read_source / _decode_frames make it."""
+def vae_pass(vae: Any, size: int, batch: int, decode: bool, tiled: bool = False) -> LiveBytes:
+    """One VAE call on ``batch`` frames, as pipeline.py's _read_source / _decode_frames make it; ``tiled``:
+    with the job's --vae-tiling, set up by the engine's own ``_tile_vae``."""
+    from blender_unsample.engine.pipeline import _tile_vae
+
+    untiled = (vae.tile_sample_min_size, vae.tile_latent_min_size)
     if tiled:
-        vae.enable_tiling()
+        _tile_vae(vae)
+    scale = vae.config.scaling_factor
     try:
         with counting(vae) as tracker:
             if decode:
-                chunk = torch.randn(batch, 4, size // 8, size // 8, device="meta") / 0.18215
+                chunk = torch.randn(batch, 4, size // 8, size // 8, device="meta") / scale
                 images = vae.decode(chunk.to(vae.dtype), return_dict=False)[0]
                 pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
                 del images, pixels  # .cpu() follows; the GPU side ends here
             else:
                 pixels = torch.randint(0, 255, (batch, size, size, 3), dtype=torch.uint8, device="meta")
                 images = pixels.permute(0, 3, 1, 2).to(vae.dtype) / 127.5 - 1
-                latents = vae.encode(images).latent_dist.mean * 0.18215
+                latents = vae.encode(images).latent_dist.mean * scale
                 del images, latents
     finally:
         vae.disable_tiling()
+        vae.tile_sample_min_size, vae.tile_latent_min_size = untiled
     return tracker
+
+
+def tiles(vae: Any, size: int) -> tuple[int, int, int, float]:
+    """How --vae-tiling cuts a ``size``² frame for decoding, as AutoencoderKL.tiled_decode steps over the
+    latents: tiles a side, tile side and overlap in pixels, and the decoder's work against one whole frame."""
+    from blender_unsample.engine.pipeline import _tile_vae
+
+    untiled = (vae.tile_sample_min_size, vae.tile_latent_min_size)
+    _tile_vae(vae)
+    latent, pixels = vae.tile_latent_min_size, vae.tile_sample_min_size
+    step = int(latent * (1 - vae.tile_overlap_factor))
+    vae.disable_tiling()
+    vae.tile_sample_min_size, vae.tile_latent_min_size = untiled
+    starts = range(0, size // 8, step)
+    covered = sum(min(latent, size // 8 - start) for start in starts) / (size // 8)
+    return len(starts), pixels, int(pixels * vae.tile_overlap_factor), covered**2
 
 
 def text_encode(models: Models) -> LiveBytes:
@@ -475,23 +504,25 @@ class Options:
     """The job options that move the peak."""
 
     context: int
-    vae_batch: int = VAE_BATCH
+    vae_batch: int = 0  # 0: the engine's default for the setup's VAE, as --vae-batch 0
     offload: bool = False
     control: bool = True
     size: int = 0  # 0: the setup's own
+    tiling: bool = False
 
     def flags(self, setup: Setup) -> str:
         flags = [f"--width {self.size} --height {self.size}"] if self.size and self.size != setup.size else []
         flags += [f"--context {self.context}"] * (self.context != setup.frames)
         flags += ["--control none"] * (not self.control) + ["--cpu-offload"] * self.offload
-        flags += [f"--vae-batch {self.vae_batch}"] * (self.vae_batch != VAE_BATCH)
+        flags += ["--vae-tiling"] * self.tiling + [f"--vae-batch {self.vae_batch}"] * bool(self.vae_batch)
         return " ".join(flags) or "the defaults"
 
 
 class Lab:
     """Builds each setup's models once and measures each step and VAE call once, on demand."""
 
-    def __init__(self) -> None:
+    def __init__(self, quick: bool = False) -> None:
+        self.quick = quick  # skips the slowest check: tiled decodes of CHECK_BATCH frames
         self.built: dict[tuple[str, str, bool], Models] = {}
         self.memo: dict[tuple[Any, ...], Any] = {}
 
@@ -510,14 +541,20 @@ class Lab:
         key = ("step", setup.family, setup.motion, frames, control, size)
         return self.once(key, lambda: unet_step(self.models(setup), setup, frames, size, control))
 
-    def vae_line(self, setup: Setup, size: int, decode: bool) -> tuple[int, int]:
+    def vae_line(self, setup: Setup, size: int, decode: bool, tiled: bool = False) -> tuple[int, int]:
         """(fixed, per frame) bytes of one VAE call, from calls on 1 and 2 frames."""
 
         def make() -> tuple[int, int]:
-            one, two = (vae_pass(self.models(setup).vae, size, n, decode).peak.bytes for n in (1, 2))
+            one, two = (vae_pass(self.models(setup).vae, size, n, decode, tiled).peak.bytes for n in (1, 2))
             return one - (two - one), two - one
 
-        return self.once(("vae", setup.family, setup.vae_fp32, size, decode), make)
+        return self.once(("vae", setup.family, setup.vae_fp32, size, decode, tiled), make)
+
+    def default_batch(self, setup: Setup) -> int:
+        """Frames per VAE call at --vae-batch 0: the engine's own choice for this VAE and dtype."""
+        from blender_unsample.engine.pipeline import _default_vae_batch
+
+        return _default_vae_batch(self.models(setup).vae)
 
     def text(self, setup: Setup) -> int:
         models = self.models(setup)
@@ -527,7 +564,7 @@ class Lab:
     def decode_at_batch(self, setup: Setup, tiled: bool) -> int:
         vae = self.models(setup).vae
         key = ("decode", setup.family, setup.vae_fp32, tiled)
-        return self.once(key, lambda: vae_pass(vae, setup.size, VAE_BATCH, True, tiled).peak.bytes)
+        return self.once(key, lambda: vae_pass(vae, setup.size, CHECK_BATCH, True, tiled).peak.bytes)
 
     def clip_per_frame(self, size: int) -> float:
         return self.once(("clip", size), lambda: clip_bytes_per_frame(size // 8))
@@ -546,17 +583,20 @@ class Lab:
         size = options.size or setup.size
         w = self.weights(setup, options.control)
         resident = w["unet"] + w["controlnet"] + w["vae"]
-        encode, decode = (self.vae_line(setup, size, d) for d in (False, True))
+        encode, decode = (self.vae_line(setup, size, d, options.tiling) for d in (False, True))
         step = self.step(setup, options.context, options.control, size).peak.bytes
-        batch = options.vae_batch
+        batch = options.vae_batch or self.default_batch(setup)
+        latents = clip_latent_bytes(size) * setup.frames
+        # Without offload, all three stay on the GPU from the first frame encoded to the last decoded.
+        # With it, each phase has only its own models there (Residency.phase): the text encoders, then
+        # the VAE, then the UNet and ControlNet, then the VAE again.
         return {
             "prompts": self.text(setup),
-            # Offloaded, the VAE comes first, alone; the UNet joins it for sampling (its hook evicts
-            # nothing) and the VAE's hook pushes the UNet off for decoding. The ControlNet's own hook
-            # never sends it back once it has run.
-            "encode": (w["vae"] if options.offload else resident) + encode[0] + encode[1] * batch,
-            "sample": resident + step + self.clip_per_frame(size) * setup.frames,
-            "decode": (w["vae"] + w["controlnet"] if options.offload else resident) + decode[0] + decode[1] * batch,
+            # The clip's latents fill in, a VAE call at a time, beside the call.
+            "encode": (w["vae"] if options.offload else resident) + encode[0] + encode[1] * batch + latents,
+            "sample": (resident - w["vae"] * options.offload) + step + self.clip_per_frame(size) * setup.frames,
+            # The styled latents wait on the GPU while they are decoded.
+            "decode": (w["vae"] if options.offload else resident) + decode[0] + decode[1] * batch + latents,
         }
 
     def peak(self, setup: Setup, options: Options) -> tuple[float, str]:
@@ -572,35 +612,50 @@ def verdict(peak: float) -> str:
 
 
 def cheapest_fix(lab: Lab, setup: Setup) -> tuple[Options, float]:
-    """The first job options that fit, the cheapest tried first: fewer frames per VAE call (a little
-    slower), CPU offload (slower), no ControlNet (less hold on the structure), a shorter context
-    (less coherent motion); failing all, the largest resolution that fits with all of them."""
+    """The first job options that fit, the cheapest tried first: fewer frames per VAE call than the
+    default (a little slower), CPU offload (a few model moves per job), VAE tiling (slower VAE calls,
+    faint tile seams possible), no ControlNet (less hold on the structure), a shorter context (less
+    coherent motion); failing all, the largest resolution that fits with all of them."""
     contexts = [setup.frames] + [8] * (setup.frames > 8)
+    default = lab.default_batch(setup)
+    batches = [0] + [n for n in (4, 2, 1) if n < default]  # 0: the default
     for context in contexts:
         for control in (True, False):
-            for offload in (False, True):
-                for vae_batch in (VAE_BATCH, 4, 2, 1):
-                    options = Options(context, vae_batch, offload, control)
-                    peak, _ = lab.peak(setup, options)
-                    if verdict(peak) == "fits":
-                        return options, peak
-    frugal = Options(contexts[-1], 1, True, False)
+            for tiling in (False, True):
+                for offload in (False, True):
+                    for vae_batch in batches:
+                        options = Options(context, vae_batch, offload, control, tiling=tiling)
+                        peak, _ = lab.peak(setup, options)
+                        if verdict(peak) == "fits":
+                            return options, peak
+    frugal = Options(contexts[-1], 1 if default > 1 else 0, True, False, tiling=True)
     weights = sum(lab.weights(setup, control=False).values())
     peak, _ = lab.peak(setup, frugal)
     # Activations grow with the pixel count: guess the side from that, then measure it.
     room = BUDGET_GIB * GIB / (1 + MARGIN) - weights
     side = max(64, int(setup.size * math.sqrt(max(room, 0) / (peak - weights)) // 64 * 64))
     while True:
-        options = Options(frugal.context, 1, True, False, side)
+        options = Options(frugal.context, frugal.vae_batch, True, False, side, tiling=True)
         peak, _ = lab.peak(setup, options)
         if verdict(peak) == "fits" or side <= 256:
             return options, peak
         side -= 64
 
 
-def frames_per_vae_call(lab: Lab, setup: Setup, offload: bool) -> int:
-    options = [Options(setup.frames, n, offload) for n in range(1, 65)]
-    return max((o.vae_batch for o in options if verdict(lab.phases(setup, o)["decode"]) == "fits"), default=0)
+def frames_per_vae_call(lab: Lab, setup: Setup, offload: bool, tiling: bool = False) -> int:
+    """The most frames per VAE call (--vae-batch goes to 64) with which encoding and decoding both fit."""
+    options = [Options(setup.frames, n, offload, tiling=tiling) for n in range(1, 65)]
+
+    def fits(o: Options) -> bool:
+        phases = lab.phases(setup, o)
+        return verdict(phases["encode"]) == verdict(phases["decode"]) == "fits"
+
+    return max((o.vae_batch for o in options if fits(o)), default=0)
+
+
+def clip_latent_bytes(size: int) -> int:
+    """One frame's fp32 latents, 4 channels at an eighth of the side: the encoded clip, or the styled one."""
+    return 4 * (size // 8) ** 2 * 4
 
 
 @contextlib.contextmanager
@@ -632,7 +687,7 @@ class Outcome:
 def measure(quick: bool, scratch: Path) -> Figure:
     del scratch  # nothing is written: every number comes from shapes
     started = time.perf_counter()
-    lab = Lab()
+    lab = Lab(quick)
     rows, raw, outcomes = [], [], []
     with quiet():
         for setup in SETUPS:
@@ -643,13 +698,16 @@ def measure(quick: bool, scratch: Path) -> Figure:
             else:
                 outcome.fix, outcome.fixed = cheapest_fix(lab, setup)
                 change = f"{outcome.fix.flags(setup)} → {gib(outcome.fixed)} GiB ({verdict(outcome.fixed)})"
-            calls = [frames_per_vae_call(lab, setup, offload) or "none" for offload in (False, True)]
+            calls = [frames_per_vae_call(lab, setup, *o) or "none" for o in ((False,), (True,), (True, True))]
+            default = lab.default_batch(setup)
+            decode = [gib(lab.vae_line(setup, setup.size, True, tiled)[1]) for tiled in (False, True)]
             rows.append([
                 setup.name, gib(sum(lab.weights(setup).values())),
                 gib(lab.step(setup, setup.frames, True, setup.size).peak.bytes),
-                gib(lab.vae_line(setup, setup.size, True)[1]),
-                f"{calls[0]} ({calls[1]} with --cpu-offload)",
-                f"{gib(outcome.peak)} ({outcome.phase})", status, change,
+                f"{decode[0]} ({decode[1]} tiled)",
+                f"{calls[0]} ({calls[1]} with --cpu-offload, {calls[2]} adding --vae-tiling)",
+                f"{gib(outcome.peak)} ({outcome.phase}; {default} frame{'s' * (default > 1)} per VAE call)",
+                status, change,
             ])  # fmt: skip
             raw.append(raw_numbers(lab, setup))
             outcomes.append(outcome)
@@ -658,7 +716,7 @@ def measure(quick: bool, scratch: Path) -> Figure:
     headers = [
         "configuration", "weights GiB (UNet+motion, ControlNet, VAE)", "activations GiB (one CFG step)",
         "VAE decode GiB per frame", "frames per VAE call that fit",
-        f"total peak GiB (defaults, --vae-batch {VAE_BATCH})", "vs 12 GB", "what to change",
+        "total peak GiB (defaults: --vae-batch 0, the engine's choice)", "vs 12 GB", "what to change",
     ]  # fmt: skip
     return Figure(
         number=7,
@@ -680,6 +738,8 @@ def measure(quick: bool, scratch: Path) -> Figure:
 def raw_numbers(lab: Lab, setup: Setup) -> dict[str, Any]:
     steps = {key[3:]: tracker for key, tracker in lab.memo.items() if key[:3] == ("step", setup.family, setup.motion)}
     decode, encode = lab.vae_line(setup, setup.size, True), lab.vae_line(setup, setup.size, False)
+    tiled_decode, tiled_encode = (lab.vae_line(setup, setup.size, d, True) for d in (True, False))
+    offloaded = Options(setup.frames, offload=True)
     return {
         "setup": setup.__dict__,
         "params": lab.models(setup).params,
@@ -693,14 +753,18 @@ def raw_numbers(lab: Lab, setup: Setup) -> dict[str, Any]:
             }
             for (frames, control, size), t in steps.items()
         ],
+        "default_vae_batch": lab.default_batch(setup),
         "vae_decode_gib": {"fixed": gib(decode[0]), "per_frame": gib(decode[1])},
         "vae_encode_gib": {"fixed": gib(encode[0]), "per_frame": gib(encode[1])},
-        f"vae_decode_{VAE_BATCH}_frames_gib": {
+        "vae_decode_tiled_gib": {"fixed": gib(tiled_decode[0]), "per_frame": gib(tiled_decode[1])},
+        "vae_encode_tiled_gib": {"fixed": gib(tiled_encode[0]), "per_frame": gib(tiled_encode[1])},
+        f"vae_decode_{CHECK_BATCH}_frames_gib": {
             "measured": gib(lab.decode_at_batch(setup, tiled=False)),
-            "tiled": gib(lab.decode_at_batch(setup, tiled=True)),
+            "tiled": None if lab.quick else gib(lab.decode_at_batch(setup, tiled=True)),
         },
         "clip_latents_mib_per_frame": round(lab.clip_per_frame(setup.size) / 2**20, 3),
         "phases_gib_defaults": {k: gib(v) for k, v in lab.phases(setup, Options(setup.frames)).items()},
+        "phases_gib_cpu_offload": {k: gib(v) for k, v in lab.phases(setup, offloaded).items()},
     }  # fmt: skip
 
 
@@ -710,10 +774,11 @@ def summary(lab: Lab, outcomes: list[Outcome]) -> str:
         if o.fix is None:
             parts.append(f"{o.setup.name}: {gib(o.peak)} GiB at its peak ({o.phase}), fits")
         else:
-            sampling = lab.phases(o.setup, Options(o.setup.frames))["sample"]
+            phases = lab.phases(o.setup, Options(o.setup.frames))
+            runner_up = max((p for p in phases if p != o.phase), key=phases.__getitem__)
             parts.append(
-                f"{o.setup.name}: {gib(o.peak)} GiB ({o.phase}; sampling alone {gib(sampling)}), over; "
-                f"fits with {o.fix.flags(o.setup)} ({gib(o.fixed)} GiB)"
+                f"{o.setup.name}: {gib(o.peak)} GiB ({o.phase}; {runner_up} {gib(phases[runner_up])}), "
+                f"{verdict(o.peak)}; fits with {o.fix.flags(o.setup)} ({gib(o.fixed)} GiB)"
             )
     return (
         "On paper, not measured on a GPU. "
@@ -743,7 +808,13 @@ def notes(lab: Lab, check: dict[str, float], seconds: float) -> list[str]:
     matrix_xl = 2 * xl16.frames * 10 * (xl16.size // 16) ** 4 * 2
     decode15, decode_xl = lab.vae_line(sd15, sd15.size, True), lab.vae_line(xl16, xl16.size, True)
     encode_xl = lab.vae_line(xl16, xl16.size, False)
+    tiled15, tiled_xl = lab.vae_line(sd15, sd15.size, True, True), lab.vae_line(xl16, xl16.size, True, True)
+    tiled_encode_xl, fix = lab.vae_line(xl16, xl16.size, False, True), SETUPS[3]
+    (n15, side, overlap, work15), (n_xl, _, _, work_xl) = (tiles(lab.models(s).vae, s.size) for s in (sd15, xl16))
+    defaults = [lab.default_batch(s) for s in (sd15, xl16, fix)]
     text15, text_xl = lab.text(sd15), lab.text(xl16)
+    w_xl = lab.weights(xl16)
+    tiled_check = "" if lab.quick else f"; {CHECK_BATCH} frames: {gib(lab.decode_at_batch(xl16, tiled=True))} GiB"
     out = [
         f"Parameters, counted exactly on the meta device from the configs written out in fig7_vram.py: {checked}. "
         "All agree with the published totals to their rounding. "
@@ -768,26 +839,42 @@ def notes(lab: Lab, check: dict[str, float], seconds: float) -> list[str]:
         f"resolution, 2·h·w·frames rows × 2·4·320 = {' × '.join(f'{n:,}' for n in step16.peak.largest_shape)} "
         f"fp16, {gib(step16.peak.largest)} GiB, with its GELU and product alive beside it. Chunking that "
         "feed-forward is the engine's biggest lever on SDXL (not a job option today).",
-        f"VAE, per frame and linear in frames (a call on {VAE_BATCH} frames measures {VAE_BATCH}× one): decode "
+        f"VAE, per frame and linear in frames (a call on {CHECK_BATCH} frames measures {CHECK_BATCH}× one: "
+        f"{gib(lab.decode_at_batch(xl16, tiled=False))} GiB for SDXL's): decode "
         f"{gib(decode15[1])} GiB at 512² fp16, {gib(decode_xl[1])} GiB at 1024² fp32, "
-        f"{gib(lab.vae_line(SETUPS[3], 1024, True)[1])} GiB with the fp16-fix VAE (--vae "
+        f"{gib(lab.vae_line(fix, fix.size, True)[1])} GiB with the fp16-fix VAE (--vae "
         f"madebyollin/sdxl-vae-fp16-fix); encode {gib(encode_xl[1])} GiB "
         "per 1024² fp32 frame. The peak is in the last up block's first ResNet, where the 256-channel full-size "
-        "input, its GroupNorm and its SiLU are alive at once. --vae-tiling changes nothing at these sizes: "
-        f"a tiled decode of {VAE_BATCH} frames measures the same "
-        f"({gib(lab.decode_at_batch(xl16, tiled=True))} vs {gib(lab.decode_at_batch(xl16, tiled=False))} GiB for "
-        "SDXL) because diffusers tiles only frames larger than the VAE's sample_size (512 for SD1.5's VAE, 1024 "
-        "for SDXL's): it helps above the model's resolution only.",
+        "input, its GroupNorm and its SiLU are alive at once. Hence the engine's frames per VAE call at "
+        f"--vae-batch 0 (_default_vae_batch), which every default row uses: {defaults[0]} for SD1.5, "
+        f"{defaults[1]} for SDXL's own VAE in fp32, {defaults[2]} for the fp16-fix one.",
+        f"--vae-tiling tiles these sizes too: the engine (_tile_vae) lowers diffusers' tile to {side} px, so "
+        f"a frame is cut into tiles of {side}² overlapping by {overlap} px, {n15}×{n15} of them at 512² and "
+        f"{n_xl}×{n_xl} at 1024² (diffusers steps by three quarters of a tile; the last row and column are "
+        "narrower). AutoencoderKL.tiled_decode runs the decoder on one tile after another, keeps every decoded "
+        "tile until the last is done, then blends each with its upper and left neighbours and joins them: the "
+        "peak is one tile's decoder (in the same ResNet) beside the tiles decoded so far. Measured through that "
+        f"very code: {gib(tiled15[1])} GiB per 512² fp16 frame, {gib(tiled_xl[1])} GiB per 1024² fp32 frame "
+        f"({tiled_xl[1] / decode_xl[1]:.0%} of the untiled decode{tiled_check}), and {gib(tiled_encode_xl[1])} "
+        "GiB to encode one. "
+        f"The price: the decoder covers {work15:.2f}× a 512² frame's pixels and {work_xl:.2f}× a 1024² one's, "
+        "and tiles decoded apart may leave faint seams the blend does not hide.",
         f"Clip length is not free: the clip's fp32 latents (source, unsampled noise, the sampler's state, the "
         f"window fusion's sums) stay on the GPU, measured on the engine's own samplers at "
         f"{lab.clip_per_frame(sd15.size) / 2**20:.2f} MiB per frame at 512² and "
         f"{lab.clip_per_frame(xl16.size) / 2**20:.2f} MiB at 1024², so a 1,000-frame SDXL clip adds "
-        f"{gib(1000 * lab.clip_per_frame(xl16.size))} GiB to the sampling peak (rows assume a one-window clip).",
-        f"Text encoders are on the GPU alone, before the rest: {gib(text15)} GiB for SD1.5, {gib(text_xl)} GiB "
-        "for SDXL's two, weights included; never the peak.",
-        "--cpu-offload (engine/devices.py) lowers the encode and decode phases only: the UNet's hook evicts "
-        "nothing, so the VAE used for encoding stays beside it while sampling, and the ControlNet, once run, "
-        "stays for good. Sampling itself needs the UNet, ControlNet and their activations on the GPU at once.",
+        f"{gib(1000 * lab.clip_per_frame(xl16.size))} GiB to the sampling peak (rows assume a one-window clip). "
+        f"While frames are encoded, and again while they are decoded, the clip's fp32 latents "
+        f"({clip_latent_bytes(sd15.size) / 2**20:.2f} MiB a frame at 512², "
+        f"{clip_latent_bytes(xl16.size) / 2**20:.2f} MiB at 1024²) sit beside the VAE, counted there too.",
+        f"Text encoders are on the GPU alone, before the rest, with or without --cpu-offload: {gib(text15)} GiB "
+        f"for SD1.5, {gib(text_xl)} GiB for SDXL's two, weights included; freed after the prompts; never the peak.",
+        "--cpu-offload (Residency.phase, engine/devices.py) keeps on the GPU only the models of the phase at hand "
+        "and sends them back to the CPU after it: the text encoders for the prompts, the VAE alone while frames "
+        "are encoded and decoded, the UNet with its motion module and the ControlNet while sampling. Encoding "
+        f"and decoding so lose the UNet's and ControlNet's weights ({gib(w_xl['unet'] + w_xl['controlnet'])} GiB "
+        f"for SDXL), sampling only the VAE's ({gib(w_xl['vae'])} GiB in fp32): sampling needs the UNet, the "
+        "ControlNet and their activations on the GPU at once, so where it is the peak, offload barely moves it.",
         "Not counted, and why the verdict keeps a margin: the CUDA context (~0.3–0.6 GiB; on Windows the desktop "
         "takes more), the caching allocator's fragmentation between phases (PYTORCH_CUDA_ALLOC_CONF="
         "expandable_segments:True keeps it low), cuDNN convolution workspaces, and scratch inside a few ops "
@@ -806,6 +893,9 @@ def notes(lab: Lab, check: dict[str, float], seconds: float) -> list[str]:
             f"CPU allocator's peak to {check['cpu_allocator_peak_mib']:.1f} MiB."
         )
     else:
-        out.append("Quick mode: the check against the CPU allocator is skipped; every other number is the same.")
+        out.append(
+            f"Quick mode: the check against the CPU allocator and the tiled decodes of {CHECK_BATCH} frames are "
+            "skipped; every other number is the same."
+        )
     out.append(f"Measured in {seconds:.0f} s on the CPU; nothing is downloaded or allocated at full size.")
     return out

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import bpy
@@ -149,3 +150,52 @@ def image_pixels(path: Path) -> np.ndarray:
     image.pixels.foreach_get(pixels)
     bpy.data.images.remove(image)
     return pixels
+
+
+STRIP_STATE = ("name", "channel", "frame_start", "frame_final_start", "frame_final_duration", "mute", "select")
+
+
+def snapshot(scene) -> dict[str, tuple]:
+    return {s.name: tuple(getattr(s, p) for p in STRIP_STATE if p != "select") for s in strips_of(scene)}
+
+
+def styled_strips(scene) -> list:
+    return [s for s in strips_of(scene) if s.get("unsample_source")]
+
+
+@pytest.fixture
+def movie_strip(addon, tmp_path):
+    scene = video_scene(bpy.context.scene)
+    movie = write_movie(tmp_path / "clip.mp4", write_frames(tmp_path / "src", 14))
+    strip = strips_of(scene).new_movie("Clip", str(movie), 2, 1, fit_method="FIT")
+    strip.frame_offset_start = 2  # trimmed: the first two frames are not part of the edit
+    strip.frame_offset_end = 1
+    strip.select = True
+    scene.sequence_editor.active_strip = strip
+    return strip
+
+
+@pytest.fixture
+def image_strip(addon, tmp_path):
+    scene = video_scene(bpy.context.scene)
+    frames = write_frames(tmp_path / "images", 6)
+    strip = add_image_strip(scene, "Shots", frames, 1, 30)
+    strip.select = True
+    scene.sequence_editor.active_strip = strip
+    return strip
+
+
+def run_interactively(scene, on_tick=None) -> list[float]:
+    """Drive a queued batch the way the modal operator does: one tick per timer event."""
+    from blender_unsample.addon.runner import RUNNER
+
+    durations = []
+    while True:
+        started = time.perf_counter()
+        busy = RUNNER.tick()
+        durations.append(time.perf_counter() - started)
+        if on_tick:
+            on_tick()
+        if not busy:
+            return durations
+        time.sleep(0.01)

@@ -9,7 +9,16 @@ from pathlib import Path
 import bpy
 import numpy as np
 import pytest
-from conftest import add_image_strip, image_pixels, strips_of, video_scene, write_frames, write_movie
+from conftest import (
+    add_image_strip,
+    image_pixels,
+    run_interactively,
+    snapshot,
+    strips_of,
+    styled_strips,
+    video_scene,
+    write_frames,
+)
 
 from blender_unsample.addon import menus, panel
 from blender_unsample.addon.operators import (
@@ -18,38 +27,6 @@ from blender_unsample.addon.operators import (
     SEQUENCER_OT_unsample_restyle,
 )
 from blender_unsample.addon.runner import RUNNER
-
-STRIP_STATE = ("name", "channel", "frame_start", "frame_final_start", "frame_final_duration", "mute", "select")
-
-
-def snapshot(scene) -> dict[str, tuple]:
-    return {s.name: tuple(getattr(s, p) for p in STRIP_STATE if p != "select") for s in strips_of(scene)}
-
-
-def styled_strips(scene) -> list:
-    return [s for s in strips_of(scene) if s.get("unsample_source")]
-
-
-@pytest.fixture
-def movie_strip(addon, tmp_path):
-    scene = video_scene(bpy.context.scene)
-    movie = write_movie(tmp_path / "clip.mp4", write_frames(tmp_path / "src", 14))
-    strip = strips_of(scene).new_movie("Clip", str(movie), 2, 1, fit_method="FIT")
-    strip.frame_offset_start = 2  # trimmed: the first two frames are not part of the edit
-    strip.frame_offset_end = 1
-    strip.select = True
-    scene.sequence_editor.active_strip = strip
-    return strip
-
-
-@pytest.fixture
-def image_strip(addon, tmp_path):
-    scene = video_scene(bpy.context.scene)
-    frames = write_frames(tmp_path / "images", 6)
-    strip = add_image_strip(scene, "Shots", frames, 1, 30)
-    strip.select = True
-    scene.sequence_editor.active_strip = strip
-    return strip
 
 
 def check_styled(scene, source, before, active=True):
@@ -143,20 +120,6 @@ def test_a_batch_of_two_selected_strips_gives_two_styled_strips(image_strip, tmp
     check_styled(scene, image_strip, before, active=False)
     check_styled(scene, second, before)
     assert [o.ok for o in RUNNER.outcomes] == [True, True]
-
-
-def run_interactively(scene, on_tick=None) -> list[float]:
-    """Drive a queued batch the way the modal operator does: one tick per timer event."""
-    durations = []
-    while True:
-        started = time.perf_counter()
-        busy = RUNNER.tick()
-        durations.append(time.perf_counter() - started)
-        if on_tick:
-            on_tick()
-        if not busy:
-            return durations
-        time.sleep(0.01)
 
 
 def test_main_thread_ticks_are_measured_during_a_job(image_strip):

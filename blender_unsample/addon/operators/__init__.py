@@ -8,6 +8,7 @@ from .lora_add import SEQUENCER_OT_unsample_lora_add
 from .lora_remove import SEQUENCER_OT_unsample_lora_remove
 from .preview import SEQUENCER_OT_unsample_preview
 from .restyle import SEQUENCER_OT_unsample_restyle
+from .resume import SEQUENCER_OT_unsample_resume
 
 classes = (
     SEQUENCER_OT_unsample_restyle,
@@ -16,5 +17,6 @@ classes = (
     SEQUENCER_OT_unsample_lora_add,
     SEQUENCER_OT_unsample_lora_remove,
     SEQUENCER_OT_unsample_clear_cache,
+    SEQUENCER_OT_unsample_resume,
 )
 register, unregister = bpy.utils.register_classes_factory(classes)
