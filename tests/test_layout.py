@@ -47,7 +47,7 @@ def test_top_level_holds_exactly_the_planned_entries():
     top = {line.split("/")[0] for line in (tracked + untracked).splitlines() if line}
     assert top == {
         "blender_unsample", "wheels", "tests", "blender_manifest.toml", "build.py", "README.md",
-        ".ci", "pyproject.toml", ".gitignore", "LICENSE", "BENCHMARKS.md",
+        ".ci", "pyproject.toml", ".gitignore", "LICENSE", "BENCHMARKS.md", "RELIABILITY.md",
     }  # fmt: skip
 
 
