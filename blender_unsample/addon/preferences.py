@@ -1,8 +1,13 @@
-"""Add-on preferences: where models, the worker Python and the cache live."""
+"""Add-on preferences: where models, the worker Python and the cache live, and how a job shares
+the GPU's memory (a property of the machine, not of the scene)."""
 
 import bpy
 
+from .properties import spec_property
 from .worker import forget_worker_reports
+
+# Job settings that trade speed for GPU memory, cheapest first; each mirrors its JobSpec field.
+GPU_MEMORY_OPTIONS = ("chunk_feed_forward", "vae_batch", "cpu_offload", "vae_tiling")
 
 # The add-on's own module name: "blender_unsample" from a checkout, "bl_ext.<repo>.unsample"
 # when installed as an extension. Preferences are registered under it.
@@ -54,6 +59,10 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
         min=0.0,
         max=1024.0,
     )
+    chunk_feed_forward: spec_property("chunk_feed_forward", "Chunk Feed-Forward")
+    vae_batch: spec_property("vae_batch", "Frames per VAE Call")
+    cpu_offload: spec_property("cpu_offload", "CPU Offload")
+    vae_tiling: spec_property("vae_tiling", "VAE Tiling")
     allow_downloads: bpy.props.BoolProperty(
         name="Download Missing Models",
         description="Fetch default models from the Hugging Face Hub (also needs Allow Online Access)",
@@ -68,6 +77,9 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
         layout.prop(self, "models_folder")
         layout.prop(self, "cache_folder")
         layout.prop(self, "cache_limit_gb")
+        memory = layout.column(heading="GPU Memory")
+        for name in GPU_MEMORY_OPTIONS:
+            memory.prop(self, name)
         row = layout.row()
         row.prop(self, "allow_downloads")
         if not bpy.app.online_access:

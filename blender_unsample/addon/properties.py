@@ -32,7 +32,7 @@ _LABELS = {
 }
 
 
-def _from_spec(name: str, label: str, **extra: object) -> object:
+def spec_property(name: str, label: str, **extra: object) -> object:
     """A Blender property mirroring the JobSpec field ``name``."""
     spec_field = _FIELDS[name]
     meta, default = spec_field.metadata, spec_field.default
@@ -120,8 +120,8 @@ class UnsampleSettings(bpy.types.PropertyGroup):
     lora_index: bpy.props.IntProperty(name="Active LoRA")
 
     # Prompts
-    prompt: _from_spec("prompt", "Style", options={"TEXTEDIT_UPDATE"})
-    negative_prompt: _from_spec("negative_prompt", "Negative")
+    prompt: spec_property("prompt", "Style", options={"TEXTEDIT_UPDATE"})
+    negative_prompt: spec_property("negative_prompt", "Negative")
     unsample_prompt_mode: bpy.props.EnumProperty(
         name="Unsample Prompt",
         items=[
@@ -136,20 +136,20 @@ class UnsampleSettings(bpy.types.PropertyGroup):
     )
 
     # Sampling
-    steps: _from_spec("steps", "Steps")
-    sampler: _from_spec("sampler", "Sampler")
-    scheduler: _from_spec("scheduler", "Schedule")
-    cfg: _from_spec("cfg", "Style CFG")
-    unsample_cfg: _from_spec("unsample_cfg", "Unsample CFG")
-    inversion_refinement: _from_spec("inversion_refinement", "Inversion Refinement")
-    noise: _from_spec("noise", "Fresh Noise", subtype="FACTOR")
-    seed: _from_spec("seed", "Seed")
+    steps: spec_property("steps", "Steps")
+    sampler: spec_property("sampler", "Sampler")
+    scheduler: spec_property("scheduler", "Schedule")
+    cfg: spec_property("cfg", "Style CFG")
+    unsample_cfg: spec_property("unsample_cfg", "Unsample CFG")
+    inversion_refinement: spec_property("inversion_refinement", "Inversion Refinement")
+    noise: spec_property("noise", "Fresh Noise", subtype="FACTOR")
+    seed: spec_property("seed", "Seed")
 
     # Control
-    control: _from_spec("control", "Hint")
-    controlnet_strength: _from_spec("controlnet_strength", "Strength")
-    control_start: _from_spec("control_start", "Start", subtype="FACTOR")
-    control_end: _from_spec("control_end", "End", subtype="FACTOR")
+    control: spec_property("control", "Hint")
+    controlnet_strength: spec_property("controlnet_strength", "Strength")
+    control_start: spec_property("control_start", "Start", subtype="FACTOR")
+    control_end: spec_property("control_end", "End", subtype="FACTOR")
 
     # Frames
     resolution: bpy.props.EnumProperty(
@@ -162,10 +162,10 @@ class UnsampleSettings(bpy.types.PropertyGroup):
     )
     width: bpy.props.IntProperty(name="Width", default=512, min=64, max=4096, step=8)
     height: bpy.props.IntProperty(name="Height", default=512, min=64, max=4096, step=8)
-    context: _from_spec("context", "Context")
-    overlap: _from_spec("overlap", "Overlap")
-    fusion: _from_spec("fusion", "Blend")
-    looped: _from_spec("looped", "Loop")
+    context: spec_property("context", "Context")
+    overlap: spec_property("overlap", "Overlap")
+    fusion: spec_property("fusion", "Blend")
+    looped: spec_property("looped", "Loop")
     frame_range: bpy.props.EnumProperty(
         name="Frames",
         items=[

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import bpy
 
-from ..engine.protocol import Done, ErrorEvent, FrameWritten, JobSpec, Progress, WarningEvent
+from ..engine.protocol import Done, ErrorCode, ErrorEvent, FrameWritten, JobSpec, Progress, WarningEvent
 from .export import FrameExporter
 from .paths import new_run_folder, strip_folder
-from .preferences import ADDON_ID
+from .preferences import ADDON_ID, GPU_MEMORY_OPTIONS
 from .properties import job_spec, processing_size
 from .strips import StripRef, add_result_strip, remove_previews, select_only
 from .worker import Worker
@@ -242,7 +242,9 @@ class Runner:
             self._import(job)
         else:
             error = job.error or worker.failure()
-            self._finish(job, False, f"{error.message} [{error.code}]")
+            oom = error.code == ErrorCode.OUT_OF_MEMORY.value
+            where = " (GPU memory options: Preferences > Add-ons > Unsample)" if oom else ""
+            self._finish(job, False, f"{error.message}{where} [{error.code}]")
 
     def _apply(self, job: StripJob, event: object) -> None:
         state = _state()
@@ -376,6 +378,7 @@ def _preference_overrides(job: StripJob) -> dict[str, object]:
         "work_dir": str(job.run_dir / "work"),
         "cache_dir": str(latent_cache_folder()),
         "cache_limit_mb": round((prefs.cache_limit_gb if prefs else 4.0) * 1024),
+        **{name: getattr(prefs, name) for name in GPU_MEMORY_OPTIONS if prefs},
     }
 
 

@@ -72,6 +72,26 @@ class Residency:
                 free_memory(self.device)
 
 
+def chunk_feed_forward(model: torch.nn.Module) -> None:
+    """Run every transformer feed-forward of ``model`` one slice at a time.
+
+    The GEGLU feed-forward widens its input eightfold, and at full latent resolution that is the
+    largest tensor of a sampling step (for SDXL the motion module's: 2.5 GiB at 1024 px and 16
+    frames). Spatial blocks see (frames, pixels, channels) and are sliced per frame; the motion
+    module's blocks see (pixels, frames, channels) and are sliced along frames, so every slice
+    stays a large matrix product and the output is the same.
+    """
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    temporal = {
+        id(block) for module in model.modules() if isinstance(module, AnimateDiffTransformer3D)
+        for block in module.transformer_blocks
+    }  # fmt: skip
+    for module in model.modules():
+        if hasattr(module, "set_chunk_feed_forward"):
+            module.set_chunk_feed_forward(chunk_size=1, dim=1 if id(module) in temporal else 0)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 

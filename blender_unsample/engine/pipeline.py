@@ -19,7 +19,7 @@ import torch
 from .context import ContextWindowDenoiser, context_windows
 from .control import ControlledUNet, make_hints
 from .denoisers import Conditioning, Guidance, UNetDenoiser
-from .devices import Placement, Residency, free_memory, is_out_of_memory, pick_placement
+from .devices import Placement, Residency, chunk_feed_forward, free_memory, is_out_of_memory, pick_placement
 from .errors import Cancelled, UnsampleError
 from .frames import common_size, list_frames, read_frames, write_frame
 from .latent_cache import LatentCache, cache_key, styled_key
@@ -107,6 +107,10 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
             job.residency.place([components.unet, components.vae, components.controlnet])
             if spec.vae_tiling:
                 _tile_vae(components.vae)
+            if spec.chunk_feed_forward:
+                for model in (components.unet, components.controlnet):
+                    if model is not None:
+                        chunk_feed_forward(model)
             job.vae_batch = spec.vae_batch or _default_vae_batch(components.vae)
 
             # 4. What earlier runs left: with the same frames and settings, the styled latents (an
@@ -150,8 +154,8 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
         if is_out_of_memory(error):
             raise UnsampleError(
                 ErrorCode.OUT_OF_MEMORY,
-                "out of memory: lower the context length or the resolution, turn on CPU offload and VAE "
-                "tiling, or use fewer frames per VAE call",
+                "out of memory. From the cheapest: feed-forward chunking, fewer frames per VAE call, CPU "
+                "offload, VAE tiling, no ControlNet, a shorter context length (8), a lower resolution",
                 str(error),
             ) from error
         raise

@@ -319,14 +319,37 @@ def build(setup: Setup) -> Models:
 # --- the phases of a job -----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def feed_forward_chunked(models: Models, chunk: bool) -> Iterator[None]:
+    """The UNet and ControlNet with --chunk-feed-forward (devices.chunk_feed_forward) for a while."""
+    from blender_unsample.engine.devices import chunk_feed_forward
+
+    chunked = (models.unet, models.controlnet) if chunk else ()
+    for model in chunked:
+        chunk_feed_forward(model)
+    try:
+        yield
+    finally:
+        for module in (m for model in chunked for m in model.modules()):
+            if hasattr(module, "set_chunk_feed_forward"):
+                module.set_chunk_feed_forward(None, 0)
+
+
 def unet_step(
-    models: Models, setup: Setup, frames: int, size: int, control: bool = True, device: str = "meta"
+    models: Models,
+    setup: Setup,
+    frames: int,
+    size: int,
+    control: bool = True,
+    device: str = "meta",
+    chunk: bool = False,
 ) -> LiveBytes:
     """One guided model call on one context window, as denoisers.py and control.py make it."""
     unet, controlnet = models.unet, models.controlnet if control else None
     dtype, xl = unet.dtype, setup.family == "sdxl"
     side, text = size // 8, unet.config.cross_attention_dim
-    with counting(*(m for m in (unet, controlnet) if m is not None)) as tracker:
+    chunked = feed_forward_chunked(models, chunk)
+    with chunked, counting(*(m for m in (unet, controlnet) if m is not None)) as tracker:
         x = torch.randn(1, 4, frames, side, side, device=device)  # the window, sliced from the clip
         embeds = [torch.randn(1, 77, text, device=device) for _ in range(2)]  # uncond, cond
         model_input = (x / 2.0).to(dtype)
@@ -509,10 +532,12 @@ class Options:
     control: bool = True
     size: int = 0  # 0: the setup's own
     tiling: bool = False
+    chunk: bool = False  # --chunk-feed-forward
 
     def flags(self, setup: Setup) -> str:
         flags = [f"--width {self.size} --height {self.size}"] if self.size and self.size != setup.size else []
         flags += [f"--context {self.context}"] * (self.context != setup.frames)
+        flags += ["--chunk-feed-forward"] * self.chunk
         flags += ["--control none"] * (not self.control) + ["--cpu-offload"] * self.offload
         flags += ["--vae-tiling"] * self.tiling + [f"--vae-batch {self.vae_batch}"] * bool(self.vae_batch)
         return " ".join(flags) or "the defaults"
@@ -537,9 +562,9 @@ class Lab:
             self.memo[key] = make()
         return self.memo[key]
 
-    def step(self, setup: Setup, frames: int, control: bool, size: int) -> LiveBytes:
-        key = ("step", setup.family, setup.motion, frames, control, size)
-        return self.once(key, lambda: unet_step(self.models(setup), setup, frames, size, control))
+    def step(self, setup: Setup, frames: int, control: bool, size: int, chunk: bool = False) -> LiveBytes:
+        key = ("step", setup.family, setup.motion, frames, control, size, chunk)
+        return self.once(key, lambda: unet_step(self.models(setup), setup, frames, size, control, chunk=chunk))
 
     def vae_line(self, setup: Setup, size: int, decode: bool, tiled: bool = False) -> tuple[int, int]:
         """(fixed, per frame) bytes of one VAE call, from calls on 1 and 2 frames."""
@@ -584,7 +609,7 @@ class Lab:
         w = self.weights(setup, options.control)
         resident = w["unet"] + w["controlnet"] + w["vae"]
         encode, decode = (self.vae_line(setup, size, d, options.tiling) for d in (False, True))
-        step = self.step(setup, options.context, options.control, size).peak.bytes
+        step = self.step(setup, options.context, options.control, size, options.chunk).peak.bytes
         batch = options.vae_batch or self.default_batch(setup)
         latents = clip_latent_bytes(size) * setup.frames
         # Without offload, all three stay on the GPU from the first frame encoded to the last decoded.
@@ -612,10 +637,11 @@ def verdict(peak: float) -> str:
 
 
 def cheapest_fix(lab: Lab, setup: Setup) -> tuple[Options, float]:
-    """The first job options that fit, the cheapest tried first: fewer frames per VAE call than the
-    default (a little slower), CPU offload (a few model moves per job), VAE tiling (slower VAE calls,
-    faint tile seams possible), no ControlNet (less hold on the structure), a shorter context (less
-    coherent motion); failing all, the largest resolution that fits with all of them."""
+    """The first job options that fit, the cheapest tried first: feed-forward chunking (a little
+    slower, the same picture), fewer frames per VAE call than the default (a little slower), CPU
+    offload (a few model moves per job), VAE tiling (slower VAE calls, faint tile seams possible), no
+    ControlNet (less hold on the structure), a shorter context (less coherent motion); failing all,
+    the largest resolution that fits with all of them."""
     contexts = [setup.frames] + [8] * (setup.frames > 8)
     default = lab.default_batch(setup)
     batches = [0] + [n for n in (4, 2, 1) if n < default]  # 0: the default
@@ -624,18 +650,19 @@ def cheapest_fix(lab: Lab, setup: Setup) -> tuple[Options, float]:
             for tiling in (False, True):
                 for offload in (False, True):
                     for vae_batch in batches:
-                        options = Options(context, vae_batch, offload, control, tiling=tiling)
-                        peak, _ = lab.peak(setup, options)
-                        if verdict(peak) == "fits":
-                            return options, peak
-    frugal = Options(contexts[-1], 1 if default > 1 else 0, True, False, tiling=True)
+                        for chunk in (False, True):
+                            options = Options(context, vae_batch, offload, control, tiling=tiling, chunk=chunk)
+                            peak, _ = lab.peak(setup, options)
+                            if verdict(peak) == "fits":
+                                return options, peak
+    frugal = Options(contexts[-1], 1 if default > 1 else 0, True, False, tiling=True, chunk=True)
     weights = sum(lab.weights(setup, control=False).values())
     peak, _ = lab.peak(setup, frugal)
     # Activations grow with the pixel count: guess the side from that, then measure it.
     room = BUDGET_GIB * GIB / (1 + MARGIN) - weights
     side = max(64, int(setup.size * math.sqrt(max(room, 0) / (peak - weights)) // 64 * 64))
     while True:
-        options = Options(frugal.context, frugal.vae_batch, True, False, side, tiling=True)
+        options = Options(frugal.context, frugal.vae_batch, True, False, side, tiling=True, chunk=True)
         peak, _ = lab.peak(setup, options)
         if verdict(peak) == "fits" or side <= 256:
             return options, peak
@@ -703,7 +730,8 @@ def measure(quick: bool, scratch: Path) -> Figure:
             decode = [gib(lab.vae_line(setup, setup.size, True, tiled)[1]) for tiled in (False, True)]
             rows.append([
                 setup.name, gib(sum(lab.weights(setup).values())),
-                gib(lab.step(setup, setup.frames, True, setup.size).peak.bytes),
+                f"{gib(lab.step(setup, setup.frames, True, setup.size).peak.bytes)} "
+                f"({gib(lab.step(setup, setup.frames, True, setup.size, True).peak.bytes)} chunked)",
                 f"{decode[0]} ({decode[1]} tiled)",
                 f"{calls[0]} ({calls[1]} with --cpu-offload, {calls[2]} adding --vae-tiling)",
                 f"{gib(outcome.peak)} ({outcome.phase}; {default} frame{'s' * (default > 1)} per VAE call)",
@@ -714,7 +742,8 @@ def measure(quick: bool, scratch: Path) -> Figure:
         check = {} if quick else check_on_cpu()
     seconds = time.perf_counter() - started
     headers = [
-        "configuration", "weights GiB (UNet+motion, ControlNet, VAE)", "activations GiB (one CFG step)",
+        "configuration", "weights GiB (UNet+motion, ControlNet, VAE)",
+        "activations GiB (one CFG step; with --chunk-feed-forward)",
         "VAE decode GiB per frame", "frames per VAE call that fit",
         "total peak GiB (defaults: --vae-batch 0, the engine's choice)", "vs 12 GB", "what to change",
     ]  # fmt: skip
@@ -747,11 +776,12 @@ def raw_numbers(lab: Lab, setup: Setup) -> dict[str, Any]:
         "text_phase_gib": gib(lab.text(setup)),
         "unet_steps": [
             {
-                "frames": frames, "controlnet": control, "size": size, "peak_gib": gib(t.peak.bytes),
+                "frames": frames, "controlnet": control, "size": size, "chunked_feed_forward": chunk,
+                "peak_gib": gib(t.peak.bytes),
                 "peak_in": t.peak.where, "largest_tensor": [gib(t.peak.largest), t.peak.largest_shape],
                 "made_by_op_gib": {op: gib(n) for op, n in t.made.most_common(6)},
             }
-            for (frames, control, size), t in steps.items()
+            for (frames, control, size, chunk), t in steps.items()
         ],
         "default_vae_batch": lab.default_batch(setup),
         "vae_decode_gib": {"fixed": gib(decode[0]), "per_frame": gib(decode[1])},
@@ -803,6 +833,7 @@ def notes(lab: Lab, check: dict[str, float], seconds: float) -> list[str]:
     )
     others = ", ".join(f"{name} {n:,}" for name, n in params.items() if name not in KNOWN_PARAMS)
     step15, step8, step16 = (lab.step(s, s.frames, True, s.size) for s in (sd15, xl8, xl16))
+    chunked15, chunked16 = (lab.step(s, s.frames, True, s.size, chunk=True) for s in (sd15, xl16))
     # What one attention matrix would take if materialised (math backend), per layer, fp16.
     matrix15 = 2 * sd15.frames * 8 * (sd15.size // 8) ** 4 * 2
     matrix_xl = 2 * xl16.frames * 10 * (xl16.size // 16) ** 4 * 2
@@ -837,8 +868,13 @@ def notes(lab: Lab, check: dict[str, float], seconds: float) -> list[str]:
         f"resolution (its projection {' × '.join(f'{n:,}' for n in step15.peak.largest_shape)} fp16, "
         f"{gib(step15.peak.largest)} GiB); SDXL in {step16.peak.where}: the motion module's GEGLU at full latent "
         f"resolution, 2·h·w·frames rows × 2·4·320 = {' × '.join(f'{n:,}' for n in step16.peak.largest_shape)} "
-        f"fp16, {gib(step16.peak.largest)} GiB, with its GELU and product alive beside it. Chunking that "
-        "feed-forward is the engine's biggest lever on SDXL (not a job option today).",
+        f"fp16, {gib(step16.peak.largest)} GiB, with its GELU and product alive beside it. "
+        "--chunk-feed-forward (devices.chunk_feed_forward) runs every feed-forward a frame at a time (spatial "
+        "blocks per image, the motion module's along its frames), the same products in slices: the step drops "
+        f"to {gib(chunked15.peak.bytes)} GiB for SD1.5 ({chunked15.peak.bytes / step15.peak.bytes - 1:+.0%}) "
+        f"and to {gib(chunked16.peak.bytes)} GiB for SDXL at 16 frames "
+        f"({chunked16.peak.bytes / step16.peak.bytes - 1:+.0%}), "
+        f"whose peak moves to {chunked16.peak.where}.",
         f"VAE, per frame and linear in frames (a call on {CHECK_BATCH} frames measures {CHECK_BATCH}× one: "
         f"{gib(lab.decode_at_batch(xl16, tiled=False))} GiB for SDXL's): decode "
         f"{gib(decode15[1])} GiB at 512² fp16, {gib(decode_xl[1])} GiB at 1024² fp32, "

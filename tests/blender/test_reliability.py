@@ -1,11 +1,14 @@
-"""Faults in real Blender: a killed worker, two restyles at once, awkward names; nothing lost."""
+"""Faults in real Blender: a killed worker, two restyles at once, awkward names, GPU memory;
+nothing lost."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
 import bpy
+import pytest
 from conftest import add_image_strip, run_interactively, snapshot, strips_of, styled_strips, video_scene, write_frames
 
 from blender_unsample.addon.runner import RUNNER
@@ -61,3 +64,28 @@ def test_strip_and_scene_names_with_spaces_accents_and_separators_work(addon, tm
     folder = bpy.path.abspath(styled.directory)
     assert "/jobs/" in folder and "✂" not in folder and "\\" not in folder.split("/jobs/")[1]
     assert len(strips_of(scene)) == 2
+
+
+def test_gpu_memory_preferences_reach_the_job(image_strip, tmp_path):
+    prefs = bpy.context.preferences.addons["blender_unsample"].preferences
+    prefs.chunk_feed_forward, prefs.vae_batch, prefs.cpu_offload, prefs.vae_tiling = True, 2, True, True
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    [run] = (tmp_path / "cache").glob("jobs/*/runs/*")
+    job = json.loads((run / "job.json").read_text(encoding="utf-8"))
+    assert (job["chunk_feed_forward"], job["vae_batch"], job["cpu_offload"], job["vae_tiling"]) == (True, 2, True, True)
+    assert len(styled_strips(bpy.context.scene)) == 1
+
+
+def test_out_of_gpu_memory_points_to_the_memory_preferences_and_adds_nothing(image_strip, tmp_path):
+    # A worker that runs out of GPU memory, as the real one reports it (this machine has no GPU).
+    event = {"type": "error", "code": "out_of_memory", "message": "out of memory. From the cheapest: feed-forward "
+             "chunking, fewer frames per VAE call, CPU offload"}  # fmt: skip
+    worker = tmp_path / "python-without-gpu-memory"
+    worker.write_text(f"#!/bin/sh\necho '{json.dumps(event)}'\nexit 8\n", encoding="utf-8")
+    worker.chmod(0o755)
+    bpy.context.preferences.addons["blender_unsample"].preferences.worker_python = str(worker)
+    scene = bpy.context.scene
+    before = snapshot(scene)
+    with pytest.raises(RuntimeError, match=r"feed-forward chunking.*Preferences > Add-ons > Unsample.*out_of_memory"):
+        bpy.ops.sequencer.unsample_restyle()
+    assert snapshot(scene) == before and not styled_strips(scene)

@@ -1,4 +1,4 @@
-"""The options that lower GPU memory: offload by job phase, VAE batch size and tiling."""
+"""The options that lower GPU memory: offload by job phase, VAE batch size and tiling, feed-forward chunking."""
 
 import numpy as np
 import pytest
@@ -84,3 +84,29 @@ def test_every_vae_batch_size_writes_every_frame(tiny_spec, tmp_path, batch):
     events = []
     restyle(tiny_spec(clip, vae_batch=batch, control="none", steps=1), events.append)
     assert [e.index for e in events if e.type == "frame"] == [0, 1, 2, 3, 4]
+
+
+def test_feed_forward_chunking_slices_the_largest_layers_and_keeps_the_picture(tiny_spec, tmp_path):
+    from diffusers.models.attention import FeedForward
+
+    clip = tmp_path / "clip"
+    write_clip(clip, 4)
+    largest = {}
+
+    def record(module, args):
+        if isinstance(module, FeedForward):
+            largest[run] = max(largest.get(run, 0), args[0].numel())
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        for run in ("whole", "chunked"):
+            spec = tiny_spec(clip, out=str(tmp_path / run), context=4, steps=2, chunk_feed_forward=run == "chunked")
+            restyle(spec, lambda event: None)
+    finally:
+        hook.remove()
+    # Spatial layers see one frame of the CFG batch of 2 x 4, the motion module one frame of 4.
+    assert largest["chunked"] * 4 <= largest["whole"], largest
+    for frame in ("frame_0001.png", "frame_0004.png"):
+        whole = np.asarray(Image.open(tmp_path / "whole" / frame), dtype=np.int16)
+        chunked = np.asarray(Image.open(tmp_path / "chunked" / frame), dtype=np.int16)
+        assert np.abs(whole - chunked).max() <= 1, "chunking must not change the picture"

@@ -61,7 +61,8 @@ def test_running_out_of_gpu_memory_names_the_options_that_lower_it(tiny_spec, tm
     monkeypatch.setattr(context.ContextWindowDenoiser, "__call__", no_memory)
     error, _ = fail(tiny_spec(clip))
     assert error.code is ErrorCode.OUT_OF_MEMORY
-    for option in ("context length", "resolution", "CPU offload", "VAE tiling"):
+    for option in ("feed-forward chunking", "frames per VAE call", "CPU offload", "VAE tiling", "context length",
+                   "resolution"):  # fmt: skip
         assert option in error.message
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))
 
