@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -53,11 +54,15 @@ class FrameExporter:
             frame_started = time.perf_counter()
             index = len(self.paths)
             path = self.folder / f"frame_{index:06d}.png"
+            # Written under another name, then renamed: a frame is there whole or not at all, even
+            # if the process rendering it is killed.
+            partial = path.with_name(f".partial-{path.name}")
             self._copy.frame_current = self.frames[index]
-            self._copy.render.filepath = str(path)
+            self._copy.render.filepath = str(partial)
             bpy.ops.render.render(write_still=True, scene=self._copy.name)
-            if not path.is_file():
-                raise OSError(f"Blender did not write {path}")
+            if not partial.is_file():
+                raise OSError(f"Blender did not write {partial}")
+            os.replace(partial, path)
             self.paths.append(path)
             now = time.perf_counter()
             if now - started + (now - frame_started) > budget:

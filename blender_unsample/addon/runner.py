@@ -19,14 +19,13 @@ from pathlib import Path
 import bpy
 
 from ..engine.protocol import Done, ErrorCode, ErrorEvent, FrameWritten, JobSpec, Progress, WarningEvent
-from .export import FrameExporter
+from .export_process import ExportProcess
 from .paths import new_run_folder, strip_folder
 from .preferences import ADDON_ID, GPU_MEMORY_OPTIONS
 from .properties import job_spec, processing_size
 from .strips import StripRef, add_result_strip, remove_previews, select_only
 from .worker import Worker
 
-TICK_BUDGET = 0.03  # seconds of main-thread work per tick
 EVENTS_PER_TICK = 200
 CANCEL_GRACE = 10.0  # seconds a cancelled worker gets before it is killed
 EXPORT_SHARE = 0.05  # of a strip's progress bar
@@ -46,7 +45,7 @@ class StripJob:
     frames: range  # scene frames to restyle
     preview: bool
     run_dir: Path
-    exporter: FrameExporter | None = None
+    exporter: ExportProcess | None = None
     worker: Worker | None = None
     spec: JobSpec | None = None
     done: Done | None = None
@@ -135,8 +134,8 @@ class Runner:
         else:
             self._finish(job, False, "cancelled")
 
-    def tick(self, budget: float = TICK_BUDGET) -> bool:
-        """Do up to ``budget`` seconds of main-thread work; False once the batch is over."""
+    def tick(self) -> bool:
+        """Move the batch on by one short step of main-thread work; False once it is over."""
         started = time.perf_counter()
         try:
             if self.current is None and self.queue:
@@ -144,7 +143,7 @@ class Runner:
             job = self.current
             if job is not None:
                 try:
-                    self._advance(job, budget)
+                    self._advance(job)
                 except Exception as error:  # a failed strip must not take the batch down
                     self._finish(job, False, f"{type(error).__name__}: {error}")
             if not self.busy:
@@ -180,23 +179,23 @@ class Runner:
         job.spec = job_spec(
             scene.unsample, str(job.frames_dir), str(job.out_dir), size, models_folder, **_preference_overrides(job)
         )
-        job.exporter = FrameExporter(scene, strip, job.frames, job.frames_dir, size)
+        job.exporter = ExportProcess(scene, strip, job.frames, job.frames_dir, size)
 
-    def _advance(self, job: StripJob, budget: float) -> None:
+    def _advance(self, job: StripJob) -> None:
         if not job.started:
             job.started = True
             self._begin(job)
         elif job.exporter is not None:
-            self._export(job, budget)
+            self._export(job)
         elif job.worker is not None:
             self._follow_worker(job)
         else:  # never left without a next step: that would tick forever
             raise RuntimeError("the job has nothing left to run")
 
-    def _export(self, job: StripJob, budget: float) -> None:
+    def _export(self, job: StripJob) -> None:
         exporter = job.exporter
         try:
-            exporter.step(budget)
+            exporter.poll()
         except Exception:
             exporter.close()
             job.exporter = None

@@ -1,0 +1,166 @@
+"""Render a strip's frames in a second Blender, in the background, so that the user's Blender never
+waits for a render: its main thread only writes the scene to a file and counts finished frames.
+
+The user's Blender writes the scene, with everything it uses, to ``export.blend`` in the job
+folder. The second Blender opens that file and runs :class:`FrameExporter` there, one frame after
+another. It is Blender's own executable in background mode or, where Blender is the ``bpy``
+Python module (scripts, tests), the same Python. It stops when the user's Blender goes away.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+import bpy
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+FAILURE = "unsample-export-error: "  # how the export process names what went wrong, on its last line
+
+# Makes the package folder importable as "unsample_export" without running its __init__ files
+# (they would import the whole add-on), then runs main() below.
+_BOOTSTRAP = """
+import sys, types
+args = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
+for name, path in (("unsample_export", args[0]), ("unsample_export.addon", args[0] + "/addon")):
+    package = types.ModuleType(name)
+    package.__path__ = [path]
+    sys.modules[name] = package
+from unsample_export.addon.export_process import main
+main(args[1])
+"""
+
+
+def export_command(job_file: Path) -> list[str]:
+    """The command line of the export process for ``job_file``."""
+    args = [str(PACKAGE_DIR), str(job_file)]
+    if bpy.app.binary_path:  # the Blender application
+        # Scripts in the file (Python drivers of a scene strip's scene) run there only if they run here.
+        trusted = bpy.context.preferences.filepaths.use_scripts_auto_execute and not bpy.app.autoexec_fail
+        return [
+            bpy.app.binary_path, "--background", "--factory-startup", "--python-exit-code", "1",
+            "--enable-autoexec" if trusted else "--disable-autoexec", "--python-expr", _BOOTSTRAP, "--", *args,
+        ]  # fmt: skip
+    return [sys.executable, "-c", _BOOTSTRAP, *args]  # Blender as a Python module
+
+
+class ExportProcess:
+    """Exports frames ``frames`` (scene frame numbers) of ``strip`` to ``folder`` as numbered PNGs,
+    in another process; :meth:`poll` only looks at how far it got."""
+
+    def __init__(
+        self,
+        scene: bpy.types.Scene,
+        strip: bpy.types.Sequence,
+        frames: range,
+        folder: Path,
+        size: tuple[int, int],
+    ) -> None:
+        self.frames = frames
+        self.folder = folder
+        self.paths: list[Path] = []
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("frame_*.png"):  # from an earlier, unfinished export
+            stale.unlink()
+        run_dir = folder.parent
+        self._blend = run_dir / "export.blend"
+        # The scene and what it uses (clips, sounds, scenes of scene strips, fonts), with absolute
+        # paths: the file lives in the job folder, not beside the user's .blend. Unsaved edits too.
+        bpy.data.libraries.write(str(self._blend), {scene}, path_remap="ABSOLUTE", fake_user=True)
+        job_file = run_dir / "export.json"
+        job = {
+            "blend": str(self._blend), "scene": scene.name, "strip": strip.name, "folder": str(folder),
+            "frames": [frames.start, frames.stop, frames.step], "size": list(size),
+        }  # fmt: skip
+        job_file.write_text(json.dumps(job, indent=2), encoding="utf-8")
+        self.log_path = run_dir / "export.log"
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                export_command(job_file), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # no console window on Windows
+            )  # fmt: skip
+
+    @property
+    def done(self) -> bool:
+        return self.process.poll() == 0 and len(self.paths) == len(self.frames)
+
+    def poll(self) -> None:
+        """Count the frames written so far; raise if the export process failed."""
+        exit_code = self.process.poll()
+        self.paths = sorted(self.folder.glob("frame_*.png"))
+        if exit_code is None or self.done:
+            return
+        raise OSError(f"exporting the strip's frames failed (exit code {exit_code}): {self._reason()}")
+
+    def _reason(self) -> str:
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            lines = []
+        named = [line[len(FAILURE) :] for line in lines if line.startswith(FAILURE)]
+        if named:
+            return named[-1]
+        if len(self.paths) == len(self.frames):
+            return "it ended without finishing"
+        last = [line for line in lines if line.strip()][-1:] or ["no output"]
+        return f"{last[0]} (the log: {self.log_path})"
+
+    def close(self) -> None:
+        """Stop the export process if it still runs and remove its copy of the scene; safe to call
+        more than once."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdin:
+            self.process.stdin.close()
+        self._blend.unlink(missing_ok=True)
+
+
+# --- in the export process ---------------------------------------------------------------------------
+
+
+def main(job_file: str) -> None:
+    """Open the written scene and render the strip's frames, each file whole; exit non-zero on failure."""
+    from .compat import top_level_strips
+    from .export import FrameExporter
+
+    threading.Thread(target=_exit_when_blender_goes_away, daemon=True).start()
+    try:
+        job = json.loads(Path(job_file).read_text(encoding="utf-8"))
+        bpy.ops.wm.open_mainfile(filepath=job["blend"], load_ui=False)
+        scene = bpy.data.scenes[job["scene"]]
+        strip = top_level_strips(scene.sequence_editor)[job["strip"]]
+        frames = range(*job["frames"])
+        exporter = FrameExporter(scene, strip, frames, Path(job["folder"]), tuple(job["size"]))
+        while not exporter.done:
+            exporter.step(math.inf)
+        failed = False
+    except Exception as error:
+        traceback.print_exc()
+        print(f"{FAILURE}{type(error).__name__}: {error}", flush=True)
+        failed = True
+    if not bpy.app.binary_path:
+        # The bpy module: leave before its teardown, which can crash (bpy 4.2 at exit), removing
+        # the session's temporary folder as the teardown would.
+        shutil.rmtree(bpy.app.tempdir, ignore_errors=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(failed))
+    if failed:
+        raise SystemExit(1)  # Blender exits with it (--python-exit-code covers other exceptions)
+
+
+def _exit_when_blender_goes_away() -> None:
+    """The user's Blender holds our stdin open; when it closes (Blender quit or crashed), stop.
+    Reads the raw descriptor: a daemon thread inside sys.stdin's buffer would abort Python's exit."""
+    while os.read(sys.stdin.fileno(), 4096):
+        pass
+    os._exit(3)
