@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,18 +24,33 @@ def pick_placement(name: str) -> Placement:
     """``auto`` picks CUDA (fp16), then Apple MPS (fp16, VAE in fp32), then the CPU (fp32)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UnsampleError(ErrorCode.BAD_SETTINGS, "device cuda was asked for, but torch sees no CUDA GPU")
+    if name == "mps" and not _mps_available():
+        raise UnsampleError(ErrorCode.BAD_SETTINGS, "device mps was asked for, but this torch has no MPS")
+    if name not in ("cuda", "mps", "cpu"):
+        raise UnsampleError(ErrorCode.BAD_SETTINGS, f"unknown device {name!r}; use auto, cuda, mps or cpu")
+    return placement_for(name)
+
+
+def placement_for(name: str) -> Placement:
+    """The precisions used on a device of kind ``name`` ("cuda", "mps" or "cpu"), whether or not
+    this machine has one."""
     if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UnsampleError(ErrorCode.BAD_SETTINGS, "device cuda was asked for, but torch sees no CUDA GPU")
         return Placement(torch.device("cuda"), torch.float16, torch.float16)
     if name == "mps":
-        if not _mps_available():
-            raise UnsampleError(ErrorCode.BAD_SETTINGS, "device mps was asked for, but this torch has no MPS")
         # The SD VAE overflows in fp16 on MPS; it is a small share of the work in fp32.
         return Placement(torch.device("mps"), torch.float16, torch.float32)
-    if name == "cpu":
-        return Placement(torch.device("cpu"), torch.float32, torch.float32)
-    raise UnsampleError(ErrorCode.BAD_SETTINGS, f"unknown device {name!r}; use auto, cuda, mps or cpu")
+    return Placement(torch.device("cpu"), torch.float32, torch.float32)
+
+
+def vae_dtype(requested: torch.dtype, family: str, vae_config: Mapping[str, Any]) -> torch.dtype:
+    """The VAE's precision: the device's (``requested``), except SDXL's original VAE, which
+    overflows in fp16 and says so with ``force_upcast`` (diffusers' default too). A fixed one,
+    such as madebyollin/sdxl-vae-fp16-fix, turns it off and keeps the device's precision."""
+    if family == "sdxl" and vae_config.get("force_upcast", True):
+        return torch.float32
+    return requested
 
 
 def _mps_available() -> bool:

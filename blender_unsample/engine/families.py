@@ -13,6 +13,8 @@ from .errors import UnsampleError
 from .protocol import ErrorCode
 
 FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+_SDXL_SCALING = 0.13025  # SDXL's VAE scales its latents by this; SD 1.5's by 0.18215
+_LATENT_FAMILIES = {16: "SD 3 or FLUX"}  # other families' VAEs, named in a mismatch
 
 
 def unet_family(config: Mapping[str, Any]) -> str:
@@ -58,13 +60,23 @@ def check_controlnet(controlnet: str, controlnet_config: Mapping[str, Any], chec
         raise _mismatch("ControlNet", controlnet, named(unet_family(controlnet_config)), checkpoint, unet_config)
 
 
+def vae_family(config: Mapping[str, Any]) -> str:
+    """Which family's latents a VAE makes: SD 1.5's and SDXL's both have 4 channels and differ in
+    their scaling; 16 channels are SD 3's and FLUX's."""
+    channels = config.get("latent_channels")
+    if channels == 4:
+        return "sdxl" if config.get("scaling_factor") == _SDXL_SCALING else "sd15"
+    return _LATENT_FAMILIES.get(channels, "another model family")
+
+
 def check_vae(vae: str, vae_config: Mapping[str, Any], checkpoint: str, unet_config: Mapping[str, Any]) -> None:
     if vae_config.get("latent_channels") != unet_config.get("in_channels"):
+        family = named(unet_family(unet_config))
         raise UnsampleError(
             ErrorCode.MODEL_MISMATCH,
-            f"the VAE {vae} makes {vae_config.get('latent_channels')}-channel latents but the checkpoint "
-            f"{checkpoint} ({named(unet_family(unet_config))}) works on {unet_config.get('in_channels')}: "
-            "use a VAE made for this family",
+            f"the VAE {vae} is made for {named(vae_family(vae_config))} ({vae_config.get('latent_channels')}-channel "
+            f"latents), but the checkpoint {checkpoint} is {family} ({unet_config.get('in_channels')}-channel "
+            f"latents): pick a VAE for {family}",
         )
 
 

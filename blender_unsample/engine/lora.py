@@ -122,6 +122,21 @@ class _Update:
         return self.down.shape[0]
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    """The models a LoRA goes into, as messages name them."""
+
+    family: str  # "sd15", "sd2" or "sdxl"
+    path: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"the checkpoint {self.path}" if self.path else "the checkpoint"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({FAMILY_NAMES[self.family]})"
+
+
 @dataclass
 class _Plan:
     """A checked file: each update with its module and its factor ``weight * alpha / rank``."""
@@ -135,16 +150,19 @@ def apply_loras(
     unet: nn.Module,
     text_encoder: nn.Module | None = None,
     text_encoder_2: nn.Module | None = None,
+    *,
+    checkpoint: str = "",
 ) -> LoraReport:
     """Merge each ``(path, weight)`` LoRA into the models, in place; a weight of 0 skips the file.
 
-    Call it on the ``UNet2DConditionModel`` before the motion module is attached. Raises
+    Call it on the ``UNet2DConditionModel`` before the motion module is attached; ``checkpoint``
+    (the models' file or folder) is named in mismatch messages. Raises
     ``UnsampleError``: MODEL_NOT_FOUND (no such file), MODEL_INVALID (unreadable, truncated, not a
     LoRA), MODEL_MISMATCH (made for another model family, or shapes that do not fit), all before
     any weight changes. Modules the model lacks are reported in ``warnings``, unless none fit.
     """
     # 1. Read and check every file before touching any weight.
-    checkpoint = checkpoint_family(unet, text_encoder_2)
+    model = _Checkpoint(checkpoint_family(unet, text_encoder_2), checkpoint)
     modules, aliases = _targets(unet, text_encoder, text_encoder_2)
     plans = []
     for path, weight in loras:
@@ -152,7 +170,7 @@ def apply_loras(
         if not math.isfinite(weight):
             raise UnsampleError(ErrorCode.BAD_SETTINGS, f"the LoRA {path} has weight {weight}; give a finite number")
         if weight != 0:
-            plans.append(_plan(Path(path).expanduser(), weight, checkpoint, modules, aliases))
+            plans.append(_plan(Path(path).expanduser(), weight, model, modules, aliases))
     # 2. Merge: per module, all files' updates summed in float32, then written once.
     _merge(plans)
     report = LoraReport()
@@ -175,7 +193,9 @@ def checkpoint_family(unet: nn.Module, text_encoder_2: nn.Module | None = None) 
 # --- reading ------------------------------------------------------------------------------------------
 
 
-def _plan(path: Path, weight: float, checkpoint: str, modules: dict[str, nn.Module], aliases: dict[str, str]) -> _Plan:
+def _plan(
+    path: Path, weight: float, checkpoint: _Checkpoint, modules: dict[str, nn.Module], aliases: dict[str, str]
+) -> _Plan:
     tensors, others, metadata = _read(path)
     updates, left_out = _group(path, tensors, others)
     family = _check_family(path, updates, checkpoint)
@@ -213,7 +233,14 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str
             keys = list(file.keys())
             tensors = {key: file.get_tensor(key) for key in keys if _component(key) is not None}
             return tensors, [key for key in keys if key not in tensors], file.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+    except OSError as error:
+        # The file is there but the system will not hand it over (permissions, a failing disk or share).
+        raise UnsampleError(
+            ErrorCode.MODEL_NOT_FOUND,
+            f"the LoRA {path} exists but cannot be read ({error.strerror or error}): check that your user may read it",
+            str(error),
+        ) from error
+    except (SafetensorError, ValueError, RuntimeError) as error:
         raise UnsampleError(
             ErrorCode.MODEL_INVALID,
             f"the LoRA {path} cannot be read as a .safetensors file (damaged, cut short, or another format)",
@@ -315,20 +342,21 @@ def _peft_alpha(settings: dict[str, Any], update: _Update) -> float:
 # --- families -----------------------------------------------------------------------------------------
 
 
-def _check_family(path: Path, updates: list[_Update], checkpoint: str) -> str | None:
+def _check_family(path: Path, updates: list[_Update], checkpoint: _Checkpoint) -> str | None:
     """The LoRA's family where its names and shapes tell it; MODEL_MISMATCH if it is another one."""
     families = set(FAMILY_NAMES)
     for update in updates:
         families &= _family_hint(update)
     if not families or families == set(FAMILY_NAMES):
         return None  # silent or contradicting hints: the shape check against the model decides
-    if checkpoint in families:
-        return checkpoint
+    if checkpoint.family in families:
+        return checkpoint.family
     named = " or ".join(FAMILY_NAMES[f] for f in sorted(families))
+    own = FAMILY_NAMES[checkpoint.family]
     raise UnsampleError(
         ErrorCode.MODEL_MISMATCH,
-        f"the LoRA {path} is for {named}, but the checkpoint is {FAMILY_NAMES[checkpoint]}: "
-        f"pick a LoRA made for {FAMILY_NAMES[checkpoint]}, or a checkpoint of the LoRA's family",
+        f"the LoRA {path} is for {named}, but {checkpoint.name} is {own}: "
+        f"pick a LoRA made for {own}, or a checkpoint of the LoRA's family",
     )
 
 
@@ -473,14 +501,14 @@ def _delta_shape(path: Path, update: _Update) -> tuple[int, ...]:
     return (up.shape[0], *down.shape[1:])
 
 
-def _check_shape(path: Path, update: _Update, target: str, module: nn.Module, checkpoint: str) -> None:
+def _check_shape(path: Path, update: _Update, target: str, module: nn.Module, checkpoint: _Checkpoint) -> None:
     shape = _delta_shape(path, update)
     weight_shape = tuple(module.weight.shape)
     # A linear update may adapt a 1x1 convolution and the other way round (SD 1.5 vs 2.x proj_in).
     if _squeezed(shape) != _squeezed(weight_shape):
         raise UnsampleError(
             ErrorCode.MODEL_MISMATCH,
-            f"the LoRA {path} does not fit the checkpoint ({FAMILY_NAMES[checkpoint]}): its update of "
+            f"the LoRA {path} does not fit {checkpoint}: its update of "
             f"{target} is {shape}, the weight is {weight_shape}; it was made for another model",
         )
 
@@ -514,7 +542,9 @@ def _product(update: _Update, device: torch.device) -> torch.Tensor:
 # --- messages -------------------------------------------------------------------------------------------
 
 
-def _nothing_matched(path: Path, updates: list[_Update], left_out: dict[str, str], checkpoint: str) -> UnsampleError:
+def _nothing_matched(
+    path: Path, updates: list[_Update], left_out: dict[str, str], checkpoint: _Checkpoint
+) -> UnsampleError:
     if not updates:
         kinds = sorted({kind for key in left_out for marker, kind in _OTHER_KINDS.items() if marker in key})
         what = f"; it holds {', '.join(kinds)} weights, which are not supported" if kinds else ""
@@ -526,8 +556,8 @@ def _nothing_matched(path: Path, updates: list[_Update], left_out: dict[str, str
     code = ErrorCode.MODEL_MISMATCH if "no such module in the checkpoint" in reasons else ErrorCode.MODEL_INVALID
     return UnsampleError(
         code,
-        f"none of the {len(updates)} modules of the LoRA {path} could be merged into the checkpoint "
-        f"({FAMILY_NAMES[checkpoint]}): {'; '.join(reasons)}",
+        f"none of the {len(updates)} modules of the LoRA {path} could be merged into {checkpoint}: "
+        f"{'; '.join(reasons)}",
         _listing(left_out, limit=50),
     )
 

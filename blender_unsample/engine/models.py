@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
-from . import families, hotshot, single_file
+from . import devices, families, hotshot, single_file
 from .errors import UnsampleError
 from .lora import apply_loras
 from .protocol import ErrorCode, JobSpec
@@ -19,6 +20,9 @@ from .protocol import ErrorCode, JobSpec
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What diffusers and transformers raise for a model they cannot load (a damaged safetensors file
+# comes through as its own error class in transformers).
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
 
 
 @dataclass
@@ -60,7 +64,7 @@ def load_components(
     controlnet = loader.controlnet(unet.config) if spec.control != "none" else None
     motion = loader.motion_module(unet.config) if spec.uses_motion_module else None
     if spec.loras:
-        for message in apply_loras(spec.lora_weights, unet, *text_encoders).warnings:
+        for message in apply_loras(spec.lora_weights, unet, *text_encoders, checkpoint=spec.model).warnings:
             warn(message)
     context_limit = None
     if motion is not None:
@@ -109,7 +113,7 @@ class _Loader:
             families.check_family(spec.family, spec.model, single_file.checkpoint_family(spec.model))
             loaded = single_file.load_checkpoint(
                 spec.model, spec.config or None, allow_download=spec.allow_download, dtype=self.dtype,
-                vae_dtype=torch.float32 if spec.family == "sdxl" else None,  # SDXL's own VAE: see vae()
+                vae_dtype=torch.float32,  # its precision is decided in vae(), from its config
             )  # fmt: skip
             tokenizers = [loaded.tokenizer, *([loaded.tokenizer_2] if spec.family == "sdxl" else [])]
             encoders = [loaded.text_encoder, *([loaded.text_encoder_2] if spec.family == "sdxl" else [])]
@@ -133,23 +137,20 @@ class _Loader:
         return tokenizers, encoders, unet, scheduler, None
 
     def vae(self, unet_config: Any, embedded: Any | None, dtype: torch.dtype) -> Any:
-        """The separate VAE if one is named, else the checkpoint's own. SDXL's original VAE
-        overflows in half precision; a fixed one (force_upcast off) may use it."""
+        """The separate VAE if one is named, else the checkpoint's own, in the precision its config
+        allows (see :func:`devices.vae_dtype`)."""
         from diffusers import AutoencoderKL
 
         spec = self.spec
         if not spec.vae and embedded is not None:
             families.check_vae(spec.model, embedded.config, spec.model, unet_config)
-            return embedded
+            return embedded.to(devices.vae_dtype(dtype, spec.family, embedded.config))
         if spec.vae and single_file.is_single_file(spec.vae):
-            upcast = spec.family == "sdxl"
-            dtype = torch.float32 if upcast else dtype
+            # Loaded in fp32, then lowered if its config (beside the file, or --config) allows.
             folder = _config_beside(spec.vae) or spec.config or None
-            vae = single_file.load_vae(
-                spec.vae, spec.family, folder, allow_download=spec.allow_download, dtype=dtype
-            ).model
+            vae = single_file.load_vae(spec.vae, spec.family, folder, allow_download=spec.allow_download).model
             families.check_vae(spec.vae, vae.config, spec.model, unet_config)
-            return vae
+            return vae.to(devices.vae_dtype(dtype, spec.family, vae.config))
         if not spec.vae and single_file.is_single_file(spec.model):
             raise UnsampleError(
                 ErrorCode.MODEL_INVALID, f"the checkpoint {spec.model} carries no VAE: name one (command line: --vae)"
@@ -157,9 +158,8 @@ class _Loader:
         source, subfolder = (spec.vae, None) if spec.vae else (spec.model, "vae")
         config = self._config(AutoencoderKL, source, subfolder, "VAE")
         families.check_vae(spec.vae or spec.model, config, spec.model, unet_config)
-        if spec.family == "sdxl" and config.get("force_upcast", True):
-            dtype = torch.float32
-        return self._load(AutoencoderKL, source, subfolder, "VAE", torch_dtype=dtype)
+        vae_dtype = devices.vae_dtype(dtype, spec.family, config)
+        return self._load(AutoencoderKL, source, subfolder, "VAE", torch_dtype=vae_dtype)
 
     def controlnet(self, unet_config: Any) -> Any:
         from diffusers import ControlNetModel
@@ -181,7 +181,7 @@ class _Loader:
 
         spec = self.spec
         if single_file.is_single_file(spec.motion_adapter):
-            state = single_file.read_state_dict(spec.motion_adapter)
+            state = single_file.read_state_dict(spec.motion_adapter, "motion module")
             if hotshot.is_hotshot_state_dict(state):
                 return {key: value.to(self.dtype) for key, value in state.items()}
             del state
@@ -224,7 +224,11 @@ def load_pretrained(
         raise UnsampleError(ErrorCode.MODEL_NOT_FOUND, f"the {role} {source} does not exist")
     try:
         return getattr(cls, method)(source, subfolder=subfolder, local_files_only=True, **kwargs)
-    except OSError as cached_error:
+    except _LOAD_ERRORS as cached_error:
+        # Not cached (an OSError), or cached but damaged: then a download would not help.
+        _check_weights(_cached_folder(source), subfolder, role)
+        if not isinstance(cached_error, OSError):
+            raise _cannot_load(role, source, subfolder, ErrorCode.MODEL_INVALID, cached_error) from cached_error
         if not allow_download:
             raise UnsampleError(
                 ErrorCode.MODEL_NOT_FOUND,
@@ -278,9 +282,36 @@ def _from_pretrained(
 ) -> Any:
     try:
         return getattr(cls, method)(source, subfolder=subfolder, **kwargs)
-    except (OSError, ValueError, RuntimeError) as error:
-        where = f"{source}/{subfolder}" if subfolder else source
-        raise UnsampleError(code, f"cannot load the {role} from {where}: {_first_line(error)}", str(error)) from error
+    except _LOAD_ERRORS as error:
+        # diffusers and transformers report a damaged weights file in many ways, some not naming it.
+        local = Path(source)
+        _check_weights(local if local.is_dir() else _cached_folder(source), subfolder, role)
+        raise _cannot_load(role, source, subfolder, code, error) from error
+
+
+def _cannot_load(role: str, source: str, subfolder: str | None, code: ErrorCode, error: Exception) -> UnsampleError:
+    where = f"{source}/{subfolder}" if subfolder else source
+    return UnsampleError(code, f"cannot load the {role} from {where}: {_first_line(error)}", str(error))
+
+
+def _check_weights(folder: Path | None, subfolder: str | None, role: str) -> None:
+    """Raise the error of the first damaged or unreadable weights file in a model folder, naming it."""
+    if folder is None:
+        return
+    for file in sorted((folder / subfolder if subfolder else folder).glob("*.safetensors")):
+        single_file.check_readable(file, f"{role} weights")
+
+
+def _cached_folder(repo: str) -> Path | None:
+    """The Hugging Face cache's copy of ``repo``, if it has one."""
+    from huggingface_hub import snapshot_download
+
+    if not _HUB_ID.match(repo):
+        return None
+    try:
+        return Path(snapshot_download(repo, local_files_only=True))
+    except Exception:  # not cached, in any of the ways huggingface_hub reports it
+        return None
 
 
 def _first_line(error: Exception) -> str:

@@ -104,11 +104,20 @@ def is_single_file(source: str | Path) -> bool:
 # --- reading a file safely ------------------------------------------------------------------------
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors in a ``.safetensors`` file, or in a pickle read with torch's weights-only loader."""
-    file = _existing_file(path, "model")
-    raw = _read_safetensors(file) if _is_safetensors(file) else _read_pickle(file)
+def read_state_dict(path: str | Path, role: str = "model") -> dict[str, torch.Tensor]:
+    """All tensors in a ``.safetensors`` file, or in a pickle read with torch's weights-only loader.
+    ``role`` ("motion module", "VAE", ...) names the file in errors."""
+    file = _existing_file(path, role)
+    raw = _read_safetensors(file, role) if _is_safetensors(file) else _read_pickle(file, role)
     return _tensors_only(raw, file)
+
+
+def check_readable(path: str | Path, role: str) -> None:
+    """Raise the error a damaged or unreadable weights file deserves; reads only a .safetensors
+    header (which also tells a file cut short), and nothing of other formats."""
+    file = Path(path)
+    if _is_safetensors(file):
+        _safetensors_shapes(file, role)
 
 
 def _existing_file(path: str | Path, role: str) -> Path:
@@ -122,17 +131,19 @@ def _is_safetensors(file: Path) -> bool:
     return file.suffix.lower() == ".safetensors"
 
 
-def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+def _read_safetensors(file: Path, role: str) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         return load_file(file)
-    except (SafetensorError, OSError) as error:
-        raise _unreadable_safetensors(file, error) from error
+    except SafetensorError as error:
+        raise _unreadable_safetensors(file, role, error) from error
+    except OSError as error:
+        raise _inaccessible(file, role, error) from error
 
 
-def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+def _safetensors_shapes(file: Path, role: str) -> dict[str, tuple[int, ...]]:
     """Names and shapes from the header alone: nothing else is read."""
     from safetensors import SafetensorError, safe_open
 
@@ -140,42 +151,57 @@ def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(file, "pt") as handle:
             names = handle.keys()  # a safetensors handle is not iterable itself
             return {key: tuple(handle.get_slice(key).get_shape()) for key in names}
-    except (SafetensorError, OSError) as error:
-        raise _unreadable_safetensors(file, error) from error
+    except SafetensorError as error:
+        raise _unreadable_safetensors(file, role, error) from error
+    except OSError as error:
+        raise _inaccessible(file, role, error) from error
 
 
-def _unreadable_safetensors(file: Path, error: Exception) -> UnsampleError:
+def _unreadable_safetensors(file: Path, role: str, error: Exception) -> UnsampleError:
     return UnsampleError(
         ErrorCode.MODEL_INVALID,
-        f"{file.name} is not a readable .safetensors file: it is cut short (an interrupted download?), "
-        f"damaged, or not a model at all ({_first_line(error)})",
+        f"the {role} file {file} is not a readable .safetensors file: it is cut short (an interrupted "
+        f"download?), damaged, or not a model at all ({_first_line(error)})",
         str(error),
     )
 
 
-def _read_pickle(file: Path) -> Any:
+def _inaccessible(file: Path, role: str, error: OSError) -> UnsampleError:
+    # The file is there (checked before) but the system refuses to hand it over: its permissions,
+    # a disk or network share that fails. Nothing is wrong with the model itself, so not MODEL_INVALID.
+    return UnsampleError(
+        ErrorCode.MODEL_NOT_FOUND,
+        f"the {role} file {file} exists but cannot be read ({error.strerror or _first_line(error)}): "
+        "check that your user may read it and that its disk is reachable",
+        str(error),
+    )
+
+
+def _read_pickle(file: Path, role: str) -> Any:
     # weights_only: the unpickler builds tensors and plain containers and refuses everything else,
     # so no code in the file can run. There is deliberately no fallback to a full unpickle.
     try:
         return torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
     except pickle.UnpicklingError as error:
         if "weights only" not in str(error).lower():
-            raise _unreadable_pickle(file, error) from error
+            raise _unreadable_pickle(file, role, error) from error
         raise UnsampleError(
             ErrorCode.MODEL_INVALID,
             f"{file.name} holds Python objects besides weights, and loading it would run code from the "
             "file: it was refused and nothing in it was run. Use the .safetensors version of this model.",
             str(error),
         ) from error
+    except OSError as error:
+        raise _inaccessible(file, role, error) from error
     except Exception as error:  # torch raises many kinds for a damaged archive; all mean the same here
-        raise _unreadable_pickle(file, error) from error
+        raise _unreadable_pickle(file, role, error) from error
 
 
-def _unreadable_pickle(file: Path, error: Exception) -> UnsampleError:
+def _unreadable_pickle(file: Path, role: str, error: Exception) -> UnsampleError:
     return UnsampleError(
         ErrorCode.MODEL_INVALID,
-        f"{file.name} cannot be read as a weights-only PyTorch checkpoint: it is cut short, damaged or not a "
-        f"model ({_first_line(error)}). Use the .safetensors version of this model.",
+        f"the {role} file {file} cannot be read as a weights-only PyTorch checkpoint: it is cut short, damaged "
+        f"or not a model ({_first_line(error)}). Use the .safetensors version of this model.",
         str(error),
     )
 
@@ -196,12 +222,12 @@ def _shapes_of(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in state.items()}
 
 
-def _file_shapes(file: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, torch.Tensor] | None]:
+def _file_shapes(file: Path, role: str) -> tuple[dict[str, tuple[int, ...]], dict[str, torch.Tensor] | None]:
     """Names and shapes, reading only the header of a .safetensors; a pickle must be read whole
     (the tensors are returned too, so that it is read once)."""
     if _is_safetensors(file):
-        return _safetensors_shapes(file), None
-    state = read_state_dict(file)
+        return _safetensors_shapes(file, role), None
+    state = read_state_dict(file, role)
     return _shapes_of(state), state
 
 
@@ -211,7 +237,7 @@ def _file_shapes(file: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, torc
 def checkpoint_family(path: str | Path) -> str:
     """``"sd15"`` or ``"sdxl"`` for a whole checkpoint file; reads only the header of a .safetensors."""
     file = _existing_file(path, "checkpoint")
-    return detect_checkpoint_family(_file_shapes(file)[0], file.name)
+    return detect_checkpoint_family(_file_shapes(file, "checkpoint")[0], file.name)
 
 
 def detect_checkpoint_family(shapes: Shapes, name: str = "the file") -> str:
@@ -439,11 +465,11 @@ def load_checkpoint(
     weights do not fit the configs.
     """
     file = _existing_file(path, "checkpoint")
-    shapes, state = _file_shapes(file)
+    shapes, state = _file_shapes(file, "checkpoint")
     family = detect_checkpoint_family(shapes, file.name)
     required = _checkpoint_configs(family)
     folder = resolve_config(config, CONFIG_REPOS[family], f"checkpoint {file.name}", allow_download, required)
-    state = state if state is not None else read_state_dict(file)
+    state = state if state is not None else read_state_dict(file, "checkpoint")
     log.info("loading %s checkpoint %s with the configs in %s", family, file.name, folder)
     parts = _text_encoders(state, family, folder, file, dtype)
     return SingleFileCheckpoint(
@@ -469,7 +495,7 @@ def load_motion_module(
     from diffusers import MotionAdapter
 
     file = _existing_file(path, "motion module")
-    state = read_state_dict(file)
+    state = read_state_dict(file, "motion module")
     shapes = _shapes_of(state)
     family, version = detect_motion_module(shapes, file.name)
     with tempfile.TemporaryDirectory(prefix="unsample-motion-") as scratch:
@@ -504,7 +530,7 @@ def load_controlnet(
     from diffusers import ControlNetModel
 
     file = _existing_file(path, "ControlNet")
-    state = read_state_dict(file)
+    state = read_state_dict(file, "ControlNet")
     original = _has(state, "control_model.") or _has(state, "input_hint_block.")
     if not original and "controlnet_cond_embedding.conv_in.weight" not in state:
         raise UnsampleError(ErrorCode.MODEL_INVALID, f"{file.name} is not a ControlNet: {_guess(_shapes_of(state))}")
@@ -544,7 +570,7 @@ def load_vae(
     from diffusers import AutoencoderKL
 
     file = _existing_file(path, "VAE")
-    state = read_state_dict(file)
+    state = read_state_dict(file, "VAE")
     if not (_has(state, "encoder.") and _has(state, "decoder.")) and not _vae_part(state):
         raise UnsampleError(ErrorCode.MODEL_INVALID, f"{file.name} is not a VAE: {_guess(_shapes_of(state))}")
     # A VAE folder has its config.json at the top; a pipeline folder (and the reference repo) under vae/.

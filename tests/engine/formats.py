@@ -238,3 +238,27 @@ def original_checkpoint(models: Mapping[str, Any], family: str) -> dict[str, tor
         state |= prefixed("conditioner.embedders.0.transformer.", hf_clip(models["text_encoder"].state_dict()))
         state |= prefixed("conditioner.embedders.1.model.", open_clip(models["text_encoder_2"].state_dict()))
     return {key: value.detach().clone().contiguous() for key, value in state.items()}
+
+
+# What tells AnimateDiff's SD 1.5 releases apart in their files: v2 added a motion module to the
+# mid block; v1's position table covers 24 frames, v2's and v3's 32.
+ANIMATEDIFF_RELEASES = {"v1": (False, 24), "v2": (True, 32), "v3": (False, 32)}
+
+
+def animatediff_release(version: str, block_out_channels: tuple[int, ...], seed: int = 0) -> Any:
+    """A random-weight MotionAdapter shaped like AnimateDiff's SD 1.5 ``version`` ("v1", "v2" or "v3")
+    for a UNet of these widths, with AnimateDiff's own 8 heads and 32 norm groups (which its files
+    do not record); save it with :func:`animatediff` to get the file as AnimateDiff ships it."""
+    from diffusers import MotionAdapter
+
+    mid_block, frames = ANIMATEDIFF_RELEASES[version]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MotionAdapter(
+            block_out_channels=tuple(block_out_channels),
+            motion_layers_per_block=1,
+            motion_num_attention_heads=8,
+            motion_norm_num_groups=32,
+            motion_max_seq_length=frames,
+            use_motion_mid_block=mid_block,
+        )

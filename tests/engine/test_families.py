@@ -1,11 +1,17 @@
 """SDXL end to end on tiny models, and every family mismatch caught before sampling."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from conftest import write_clip
+from formats import ldm_vae
 from PIL import Image
+from safetensors.torch import save_file
 
+from blender_unsample.engine.devices import placement_for, vae_dtype
 from blender_unsample.engine.errors import UnsampleError
 from blender_unsample.engine.models import load_components
 from blender_unsample.engine.pipeline import restyle
@@ -61,11 +67,54 @@ def test_the_sdxl_prompt_uses_both_encoders_pooled_text_and_the_frame_size(tiny_
     assert cond.added["time_ids"].tolist() == [[64, 96, 0, 0, 64, 96]]
 
 
-def test_sdxl_vae_stays_in_full_precision_unless_it_is_a_fixed_one(tiny_sdxl):
-    spec = sdxl_spec(tiny_sdxl, "in", "out", control="none", motion_adapter="none")
-    components = load_components(spec, torch.float16, torch.float16)
+@pytest.mark.parametrize(
+    ("device", "family", "vae_config", "expected"),
+    [
+        ("cuda", "sdxl", {"force_upcast": True}, torch.float32),  # SDXL's own VAE overflows in fp16
+        ("cuda", "sdxl", {}, torch.float32),  # diffusers' default is to upcast
+        ("cuda", "sdxl", {"force_upcast": False}, torch.float16),  # a fixed one, e.g. sdxl-vae-fp16-fix
+        ("cuda", "sd15", {"force_upcast": True}, torch.float16),
+        ("mps", "sdxl", {"force_upcast": False}, torch.float32),  # MPS runs every VAE in fp32
+        ("cpu", "sdxl", {"force_upcast": False}, torch.float32),
+    ],
+)
+def test_the_vae_precision_follows_the_device_family_and_config(device, family, vae_config, expected):
+    assert vae_dtype(placement_for(device).vae_dtype, family, vae_config) == expected
+
+
+def fixed_sdxl_vae(tiny_sdxl, folder, upcast: bool):
+    """The tiny SDXL VAE as a folder whose config turns force_upcast off (or on), as
+    madebyollin/sdxl-vae-fp16-fix's does, and the same weights as one file beside that config.json."""
+    from diffusers import AutoencoderKL
+
+    shutil.copytree(tiny_sdxl.checkpoint / "vae", folder)
+    config = json.loads((folder / "config.json").read_text()) | {"force_upcast": upcast}
+    (folder / "config.json").write_text(json.dumps(config))
+    vae = AutoencoderKL.from_pretrained(folder)
+    file = folder / "sdxl_vae.safetensors"
+    save_file({k: v.contiguous() for k, v in ldm_vae(vae.state_dict(), vae.config).items()}, file)
+    return folder, file
+
+
+@pytest.mark.parametrize(
+    ("vae", "expected"),
+    [
+        ("own", torch.float32),
+        ("fixed folder", torch.float16),
+        ("fixed file", torch.float16),  # its config.json beside it says force_upcast false
+        ("original file", torch.float32),
+        ("original folder", torch.float32),
+    ],
+)
+def test_sdxl_vae_stays_in_full_precision_unless_it_is_a_fixed_one(vae, expected, tiny_sdxl, tmp_path):
+    changes = {}
+    if vae != "own":
+        folder, file = fixed_sdxl_vae(tiny_sdxl, tmp_path / "vae", upcast=vae.startswith("original"))
+        changes["vae"] = str(file if vae.endswith("file") else folder)
+    spec = sdxl_spec(tiny_sdxl, "in", "out", control="none", motion_adapter="none", **changes)
+    components = load_components(spec, torch.float16, torch.float16)  # what a CUDA GPU asks for
     assert components.unet.dtype == torch.float16
-    assert components.vae.dtype == torch.float32
+    assert components.vae.dtype == expected
 
 
 @pytest.mark.parametrize(
@@ -90,6 +139,7 @@ def test_files_of_the_other_family_are_named_before_any_sampling(tiny_sdxl, tiny
     for path in changes.values():
         if path not in ("sd15",):
             assert path in error.value.message, "the message names the file"
+    assert str(tiny_sdxl.checkpoint) in error.value.message, "and the checkpoint"
     assert not any(e.type == "progress" and e.stage != "load" for e in events), "nothing was sampled"
 
 
@@ -118,7 +168,10 @@ def test_a_vae_of_the_wrong_size_is_refused(tiny_models, tmp_path):
     )  # fmt: skip
     with pytest.raises(UnsampleError, match="16-channel latents") as error:
         restyle(spec, lambda event: None)
-    assert error.value.code is ErrorCode.MODEL_MISMATCH and str(wide) in error.value.message
+    assert error.value.code is ErrorCode.MODEL_MISMATCH
+    message = error.value.message
+    assert str(wide) in message and "made for SD 3 or FLUX" in message
+    assert f"the checkpoint {tiny_models.checkpoint} is SD 1.5" in message
 
 
 def test_the_sdxl_motion_unet_keeps_the_checkpoints_size_conditioning(tiny_sdxl):

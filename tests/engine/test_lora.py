@@ -385,6 +385,30 @@ def test_a_lora_of_the_other_family_is_refused_before_anything_changes(lora_fami
         assert torch.equal(value, state[key]), key
 
 
+@pytest.mark.parametrize(("lora_family", "model_family"), [("sdxl", "sd15"), ("sd15", "sdxl")])
+def test_a_job_with_a_lora_of_the_other_family_names_both_files_and_families(
+    lora_family, model_family, tiny_models, tiny_sdxl, load, tmp_path
+):
+    from blender_unsample.engine.models import load_components
+    from blender_unsample.engine.protocol import JobSpec
+
+    other = write_kohya(tmp_path / "other.safetensors", random_updates(targets(load(lora_family)), seed=3))
+    checkpoint = {"sd15": tiny_models, "sdxl": tiny_sdxl}[model_family].checkpoint
+    spec = JobSpec(
+        frames="in", out="out", prompt="x", family=model_family, model=str(checkpoint), motion_adapter="none",
+        control="none", loras=[str(other)], device="cpu",
+    )  # fmt: skip
+
+    with pytest.raises(UnsampleError) as caught:
+        load_components(spec, torch.float32, torch.float32)
+
+    names = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+    assert caught.value.code == ErrorCode.MODEL_MISMATCH
+    message = caught.value.message
+    assert f"the LoRA {other} is for {names[lora_family]}" in message, message
+    assert f"the checkpoint {checkpoint} is {names[model_family]}" in message, message
+
+
 @pytest.mark.parametrize(("width", "model_family", "named"), [(2048, "sd15", "SDXL"), (768, "sdxl", "SD 1.5")])
 def test_real_cross_attention_widths_tell_the_family(width, model_family, named, load, tmp_path):
     models = load(model_family)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from formats import animatediff, ldm_controlnet, ldm_vae, original_checkpoint, prefixed
+from formats import animatediff, animatediff_release, ldm_controlnet, ldm_vae, original_checkpoint, prefixed
 from safetensors.torch import save_file
 
 from blender_unsample.engine import single_file
@@ -376,6 +376,22 @@ def test_an_animatediff_motion_module_loads(family, suffix, version, tiny, origi
 
     assert (loaded.family, loaded.version) == (family, version)
     assert_same_weights(originals[family]["adapter"], loaded.model)
+
+
+@pytest.mark.parametrize(
+    ("version", "mid_block", "frames"),
+    [("v1", False, 24), ("v2", True, 32), ("v3", False, 32)],  # AnimateDiff's releases for SD 1.5
+)
+def test_each_sd15_animatediff_release_loads_with_its_own_config(version, mid_block, frames, originals, tmp_path):
+    adapter = animatediff_release(version, originals["sd15"]["unet"].config.block_out_channels)
+    path = save(animatediff(adapter.state_dict()), tmp_path / f"mm_sd_{version}.ckpt")
+
+    loaded = single_file.load_motion_module(path)
+
+    assert (loaded.family, loaded.version) == ("sd15", version)
+    assert loaded.model.config.use_motion_mid_block is mid_block
+    assert loaded.model.config.motion_max_seq_length == frames
+    assert_same_weights(adapter, loaded.model)  # the position tables too: they must be `frames` long
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
