@@ -64,6 +64,9 @@ class UNetDenoiser:
         self.sigmas = training_sigmas(alphas_cumprod)
         self._log_sigmas = np.log(self.sigmas.numpy())
         self.calls = 0  # UNet forward passes made (a CFG batch of two counts as one)
+        # The prompt states batched for the UNet, kept while the same guidance and batch shape
+        # come back: every step and window of a pass would otherwise copy them anew.
+        self._batched: tuple[tuple[Any, ...], torch.Tensor, dict[str, torch.Tensor] | None] | None = None
 
     @classmethod
     def from_scheduler(cls, unet: Any, scheduler: Any, frames_in_batch: bool = False) -> UNetDenoiser:
@@ -102,9 +105,7 @@ class UNetDenoiser:
         model_input = (x / (sigma**2 + 1) ** 0.5).to(self.dtype)
         if len(parts) == 2:
             model_input = torch.cat([model_input, model_input])
-        embeds = torch.cat([p.embeds.expand(prompts_per_part, -1, -1) for p in parts])
-        embeds = embeds.to(model_input.device, self.dtype)
-        added = _batched_added_conditioning(parts, batch, model_input.device, self.dtype)
+        embeds, added = self._conditioning(guidance, parts, prompts_per_part, batch, model_input.device)
         timestep = torch.tensor(self.sigma_to_timestep(sigma), dtype=torch.float32, device=model_input.device)
 
         output = self.unet(
@@ -126,6 +127,20 @@ class UNetDenoiser:
             return denoised[0]
         uncond, cond = denoised.unbind(0)
         return torch.lerp(uncond, cond, guidance.scale)
+
+    def _conditioning(
+        self, guidance: Guidance, parts: list[Conditioning], prompts_per_part: int, batch: int, device: torch.device
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        key = (guidance, len(parts), prompts_per_part, batch, device)
+        if self._batched is None or not _same_key(self._batched[0], key):
+            embeds = torch.cat([p.embeds.expand(prompts_per_part, -1, -1) for p in parts]).to(device, self.dtype)
+            self._batched = (key, embeds, _batched_added_conditioning(parts, batch, device, self.dtype))
+        return self._batched[1], self._batched[2]
+
+
+def _same_key(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    # The guidance by identity (its tensors cannot be compared cheaply), the rest by value.
+    return a[0] is b[0] and a[1:] == b[1:]
 
 
 def _batched_added_conditioning(

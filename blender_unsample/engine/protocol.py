@@ -333,6 +333,19 @@ def event_from_json(line: str) -> Event:
         raise ValueError(f"unknown event: {line[:80]!r}")
     cls = EVENT_TYPES[data.pop("type")]
     try:
-        return cls(**data)
+        event = cls(**data)
     except TypeError as error:
         raise ValueError(f"malformed {cls.type} event: {error}") from error
+    if isinstance(event, FrameWritten) and not _is_plain_file_name(event.name):
+        # A frame is named inside the output folder; a path could point anywhere.
+        raise ValueError(f"malformed frame event: {event.name!r} is not a file name")
+    return event
+
+
+def _is_plain_file_name(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(separator in name for separator in ("/", "\\", "\0"))
+        and ":" not in name  # a Windows drive or stream
+    )

@@ -44,6 +44,13 @@ def test_malformed_event_lines_are_refused(line):
         event_from_json(line)
 
 
+@pytest.mark.parametrize("name", ["../../.bashrc", "/etc/passwd", "sub/frame.png", "..", "C:frame.png", "a\\b.png"])
+def test_a_frame_event_naming_a_path_instead_of_a_file_is_refused(name):
+    line = event_to_json(FrameWritten(name=name, index=0))
+    with pytest.raises(ValueError, match="is not a file name"):
+        event_from_json(line)
+
+
 def test_job_spec_fills_the_family_defaults():
     spec = JobSpec(frames="in", out="out", prompt="ink")
     defaults = protocol.DEFAULT_MODELS["sd15"]
@@ -72,7 +79,13 @@ def test_job_spec_round_trips_through_json():
     ("changes", "fragment"),
     [
         ({"steps": 0}, "steps must be between 1 and 200"),
+        ({"steps": 201}, "steps must be between 1 and 200"),
         ({"cfg": float("nan")}, "cfg must be a number"),
+        ({"cfg": 0.5}, "cfg must be between 1.0 and 30.0"),
+        ({"unsample_cfg": 31.0}, "unsample_cfg must be between 1.0 and 30.0"),
+        ({"context": 0, "overlap": 0}, "context must be between 1 and 64"),
+        ({"context": 65}, "context must be between 1 and 64"),
+        ({"inversion_refinement": 6}, "inversion_refinement must be between 0 and 5"),
         ({"sampler": "euler_ancestral"}, "sampler must be one of euler, dpmpp_2m"),
         ({"overlap": 16}, "overlap (16) must be smaller than the context length (16)"),
         ({"width": 100}, "width must be 0 or a multiple of 8"),

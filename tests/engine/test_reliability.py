@@ -83,6 +83,43 @@ def test_an_output_folder_that_cannot_be_made_is_named(tiny_spec, tmp_path):
     assert error.code is ErrorCode.OUTPUT_NOT_WRITABLE and str(blocker / "out") in error.message
 
 
+def test_an_output_folder_that_refuses_writes_is_named(tiny_spec, tmp_path, monkeypatch):
+    # The tests run as root, for whom permission bits do not apply: the refusal is what the
+    # operating system would say for a read-only folder.
+    clip, out = tmp_path / "clip", tmp_path / "out"
+    write_clip(clip, 2)
+    out.mkdir()
+    real_write = Path.write_bytes
+
+    def read_only(path, data):
+        if path.parent == out:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_write(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    error, events = fail(tiny_spec(clip, out=str(out)))
+    assert error.code is ErrorCode.OUTPUT_NOT_WRITABLE
+    assert str(out) in error.message and "Permission denied" in error.message
+    assert not [e for e in events if e.type == "progress" and e.stage != "load"], "refused before any work"
+
+
+def test_an_empty_frames_folder_is_named(tiny_spec, tmp_path):
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    (clip / "notes.txt").write_text("not a frame")
+    error, _ = fail(tiny_spec(clip))
+    assert error.code is ErrorCode.BAD_FRAMES and f"no frames in {clip}" in error.message
+
+
+def test_a_frame_that_is_not_an_image_is_named(tiny_spec, tmp_path):
+    clip = tmp_path / "clip"
+    write_clip(clip, 3)
+    broken = sorted(clip.iterdir())[1]
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    error, _ = fail(tiny_spec(clip))
+    assert error.code is ErrorCode.BAD_FRAMES and f"cannot read frame {broken.name}" in error.message
+
+
 def test_a_prompt_longer_than_the_text_encoder_takes_is_cut_with_a_warning(tiny_spec, tmp_path):
     clip = tmp_path / "clip"
     write_clip(clip, 2)
