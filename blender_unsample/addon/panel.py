@@ -63,7 +63,7 @@ class SEQUENCER_PT_unsample(_SidebarPanel, bpy.types.Panel):
             layout.label(text=f"{len(usable)} of {len(strips)} selected strips can be restyled", icon="SEQUENCE")
 
         draw_worker_problem(layout, context)
-        layout.prop(settings, "prompt", text="", placeholder="Style prompt, e.g. an oil painting")
+        draw_prompts(layout, settings, context.region.width if context.region else 300)
         row = layout.row(align=True)
         row.scale_y = 1.5
         label = "Restyle" if len(usable) < 2 else f"Restyle {len(usable)} Strips"
@@ -71,6 +71,29 @@ class SEQUENCER_PT_unsample(_SidebarPanel, bpy.types.Panel):
         row.operator("sequencer.unsample_preview", text="", icon="HIDE_OFF")
         draw_job_box(layout, context)
         draw_cache_line(layout)
+
+
+# The unsample prompt's choices as one row of buttons under the style prompt: short labels fit
+# the sidebar; each button's tooltip is the choice's description.
+_UNSAMPLE_CHOICES = (("SOURCE", "Describe"), ("SAME", "Same as Style"), ("BLANK", "Blank"))
+
+
+def draw_prompts(layout: bpy.types.UILayout, settings: bpy.types.PropertyGroup, width: int) -> None:
+    """The style prompt, and right under it what the unsample pass conditions on: a description of
+    the footage (the default: it stays put while styles change, so the cache pays off), or one
+    click to the style prompt itself or a blank one."""
+    column = layout.column(align=True)
+    column.prop(settings, "prompt", text="", placeholder="Style prompt, e.g. an oil painting")
+    describing = settings.unsample_prompt_mode == "SOURCE"
+    source = column.row(align=True)
+    source.active = describing  # kept in view, greyed out, so the text is not lost from sight
+    source.prop(settings, "unsample_prompt", text="", placeholder="Source: what the footage shows")
+    choices = column.row(align=True)
+    for mode, text in _UNSAMPLE_CHOICES:
+        choices.prop_enum(settings, "unsample_prompt_mode", mode, text=text)
+    if describing and not settings.unsample_prompt.strip():
+        hint = "Unsampling with a blank prompt. Describe the footage for a closer round trip."
+        _wrapped(layout, hint, width, "INFO")
 
 
 _cache_reading = [0.0, -1.0]  # (bytes, when read): the folder is read at most every few seconds
@@ -161,9 +184,6 @@ class SEQUENCER_PT_unsample_prompts(_SidebarPanel, bpy.types.Panel):
         layout = self.layout
         layout.use_property_split = True
         layout.prop(settings, "negative_prompt")
-        layout.prop(settings, "unsample_prompt_mode", text="Unsample With")
-        if settings.unsample_prompt_mode == "CUSTOM":
-            layout.prop(settings, "unsample_prompt", placeholder="What the footage shows")
 
 
 class SEQUENCER_PT_unsample_models(_SidebarPanel, bpy.types.Panel):

@@ -122,17 +122,31 @@ class UnsampleSettings(bpy.types.PropertyGroup):
     # Prompts
     prompt: spec_property("prompt", "Style", options={"TEXTEDIT_UPDATE"})
     negative_prompt: spec_property("negative_prompt", "Negative")
+    # Describing the source is the default: that prompt stays put while the style changes, so each
+    # new style reuses the cached unsample pass. The numbers keep scenes saved before (SAME 0,
+    # BLANK 1, CUSTOM 2) on the choice they had.
     unsample_prompt_mode: bpy.props.EnumProperty(
-        name="Unsample Prompt",
+        name="Unsample With",
         items=[
-            ("SAME", "Same as Style", "Unsample with the style prompt: the most faithful round trip"),
-            ("BLANK", "Blank", "Unsample with an empty prompt"),
-            ("CUSTOM", "Describe Source", "Unsample with a prompt that describes the footage"),
+            (
+                "SOURCE", "Describe Source", "Unsample with a description of the footage that stays put while you "
+                "try styles: each new style reuses the cached unsample pass. Empty: a blank prompt", "NONE", 2,
+            ),
+            (
+                "SAME", "Same as Style", "Unsample with the style prompt: the closest round trip, but each new "
+                "style prompt unsamples again", "NONE", 0,
+            ),
+            ("BLANK", "Blank", "Unsample with an empty prompt: each new style reuses the cached unsample pass",
+             "NONE", 1),
         ],
-        default="SAME",
-    )
+        default="SOURCE",
+    )  # fmt: skip
     unsample_prompt: bpy.props.StringProperty(
-        name="Source", description="What the footage shows, used for the unsample pass"
+        name="Source",
+        description=(
+            "What the footage shows (e.g. a woman walking in a park), for the unsample pass; it stays put while "
+            "the style changes. Empty: a blank prompt"
+        ),
     )
 
     # Sampling
@@ -194,13 +208,12 @@ def job_spec(
     **overrides: object,
 ) -> JobSpec:
     """The worker's job for these settings; model names may be relative to ``models_folder``."""
-    unsample_prompt = {"SAME": None, "BLANK": "", "CUSTOM": settings.unsample_prompt}[settings.unsample_prompt_mode]
     values = {
         "frames": frames,
         "out": out,
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt,
-        "unsample_prompt": unsample_prompt,
+        "unsample_prompt": unsample_prompt_for(settings),
         "family": settings.family,
         "model": _model_path(settings.checkpoint, models_folder),
         "motion_adapter": _model_path(settings.motion_module, models_folder) if settings.use_motion_module else "none",
@@ -217,6 +230,16 @@ def job_spec(
         **{name: getattr(settings, name) for name in _MIRRORED},
     }
     return JobSpec(**{**values, **overrides})
+
+
+def unsample_prompt_for(settings: UnsampleSettings) -> str | None:
+    """JobSpec.unsample_prompt for the chosen mode: None reuses the style prompt, "" is blank; an
+    empty description is blank too (the cache still pays off, the round trip is a little looser)."""
+    if settings.unsample_prompt_mode == "SAME":
+        return None
+    if settings.unsample_prompt_mode == "BLANK":
+        return ""
+    return settings.unsample_prompt.strip()
 
 
 def _model_path(value: str, models_folder: str) -> str:

@@ -20,24 +20,28 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .devices import Placement
 from .protocol import JobSpec
 
 log = logging.getLogger(__name__)
 
 # The settings that change the unsampled latents. The style prompt, resample CFG, ControlNet
-# (unless it also runs while unsampling), noise and seed only act on the resample pass.
+# (unless it also runs while unsampling), noise and seed only act on the resample pass. VAE tiling
+# encodes the frames in blended tiles: other latents. The other memory options (frames per VAE
+# call, feed-forward chunking, CPU offload) compute the same thing in pieces, so they stay out.
 UNSAMPLE_SETTINGS = (
     "family", "model", "config", "vae", "motion_adapter", "loras", "negative_prompt", "unsample_cfg",
     "inversion_refinement", "sampler", "scheduler", "steps", "context", "overlap", "fusion", "looped",
-    "control_in_unsample",
+    "control_in_unsample", "vae_tiling",
 )  # fmt: skip
 _CONTROL_SETTINGS = ("control", "controlnet", "controlnet_strength", "control_start", "control_end")
 _VERSION = 1  # bump when the unsample pass changes what it computes
 
 
-def cache_key(spec: JobSpec, frames: Iterable[Path], size: tuple[int, int], precision: str) -> str:
-    """A hash of the source frames' pixels, the processing size and precision, every setting the
-    unsample pass reads, and the identity of each model file or folder it loads."""
+def cache_key(spec: JobSpec, frames: Iterable[Path], size: tuple[int, int], placement: Placement) -> str:
+    """A hash of the source frames' pixels, the processing size, the kind of device and its
+    precisions, every setting the unsample pass reads, and the identity of each model file or
+    folder it loads."""
     digest = hashlib.sha256(f"unsample-cache-{_VERSION}".encode())
     for path in frames:
         # The pixels, not the file's bytes: an export's metadata (dates, paths) must not matter.
@@ -45,11 +49,15 @@ def cache_key(spec: JobSpec, frames: Iterable[Path], size: tuple[int, int], prec
             digest.update(image.convert("RGB").tobytes())
     settings = {name: getattr(spec, name) for name in UNSAMPLE_SETTINGS}
     settings["unsample_prompt"] = spec.source_prompt
+    models = ["model", "vae", "motion_adapter"]
     if spec.control_in_unsample:
         settings |= {name: getattr(spec, name) for name in _CONTROL_SETTINGS}
-    settings["models"] = {name: _identity(getattr(spec, name)) for name in ("model", "vae", "motion_adapter")}
+        models.append("controlnet")
+    settings["models"] = {name: _identity(getattr(spec, name)) for name in models}
     settings["lora_files"] = [_identity(path) for path, _ in spec.lora_weights]
-    digest.update(json.dumps([settings, size, precision], sort_keys=True, default=str).encode())
+    # CUDA, MPS and the CPU round differently: a latent made on one is not the other's result.
+    backend = [placement.device.type, str(placement.dtype), str(placement.vae_dtype)]
+    digest.update(json.dumps([settings, size, backend], sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 

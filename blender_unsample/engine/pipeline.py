@@ -116,7 +116,7 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
             # 4. What earlier runs left: with the same frames and settings, the styled latents (an
             # interrupted job: only missing frames are decoded) or the unsampled ones (a new style).
             cache = LatentCache(spec.cache_dir, spec.cache_limit_mb * 2**20) if spec.cache_dir else None
-            key = cache_key(spec, frames, size, str(placement.dtype)) if cache else ""
+            key = cache_key(spec, frames, size, placement) if cache else ""
             finished_key = styled_key(spec, key) if cache else ""
             styled = cache.get(finished_key) if cache else None
             noise = cache.get(key) if cache and styled is None else None

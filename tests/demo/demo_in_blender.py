@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 ADDON = "blender_unsample"
 
 PROMPT = "an oil painting of rolling hills at sunset, thick brush strokes, vivid colours"
+# What the clip shows: the unsample pass's prompt, which stays put while styles change.
+SOURCE = "green hills under a blue sky, a red ball bouncing, a spinning square, camera panning right"
 CLIP_SIZE = (640, 360)
 
 
@@ -106,6 +108,7 @@ def enable_addon(out: Path, tiny: bool) -> None:
 def restyle(scene: bpy.types.Scene, strip: bpy.types.Sequence, tiny_models: object) -> bpy.types.Sequence:
     settings = scene.unsample
     settings.prompt = PROMPT
+    settings.unsample_prompt = SOURCE
     if tiny_models is not None:
         settings.checkpoint = str(tiny_models.checkpoint)
         settings.motion_module = str(tiny_models.motion_adapter)

@@ -1,12 +1,17 @@
 """Unsample once, restyle many times: the unsampled latents come back from the cache."""
 
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from conftest import write_clip
 from PIL import Image
 
-from blender_unsample.engine.latent_cache import LatentCache
+from blender_unsample.engine.devices import Placement
+from blender_unsample.engine.latent_cache import LatentCache, cache_key
 from blender_unsample.engine.pipeline import restyle
 from blender_unsample.engine.protocol import Done, Progress
 
@@ -45,12 +50,85 @@ def test_a_new_style_prompt_reuses_the_unsampled_latents(tiny_spec, clip, tmp_pa
     np.testing.assert_array_equal(frames(tmp_path / "second"), frames(tmp_path / "reference"))
 
 
-@pytest.mark.parametrize("change", [{"unsample_cfg": 6.0}, {"unsample_prompt": "something else"}])
-def test_changing_an_unsample_setting_unsamples_again(tiny_spec, clip, tmp_path, change):
-    source = dict(unsample_prompt="a disc over stripes", cache_dir=str(tmp_path / "cache"), control="none")
-    run(tiny_spec(clip, out=str(tmp_path / "a"), **source))
-    again = run(tiny_spec(clip, out=str(tmp_path / "b"), **{**source, **change}))
+def replace_the_unet_file(checkpoint: Path) -> dict:
+    """The checkpoint's UNet weights rewritten in place (a new download, say): same path, new file."""
+    weights = checkpoint / "unet" / "diffusion_pytorch_model.safetensors"
+    later = weights.stat().st_mtime_ns + 10**9
+    os.utime(weights, ns=(later, later))
+    return {}
+
+
+# Each changes what the unsample pass computes: the cached latents no longer apply.
+UNSAMPLE_CHANGES = {
+    "steps": {"steps": 3},
+    "sampler": {"sampler": "dpmpp_2m"},
+    "schedule": {"scheduler": "karras"},
+    "size": {"width": 64, "height": 64},
+    "model file": replace_the_unet_file,
+    "context length": {"context": 4},
+    "overlap": {"overlap": 1},
+    "vae tiling": {"vae_tiling": True},
+    "refinement": {"inversion_refinement": 2},
+    "unsample cfg": {"unsample_cfg": 6.0},
+    "unsample prompt": {"unsample_prompt": "something else"},
+    "control while unsampling": {"control_in_unsample": True},
+}
+# Each acts on the resample pass only: the cached latents apply. The base runs a real ControlNet.
+STYLE_CHANGES = {
+    "style prompt": {"prompt": "a charcoal sketch"},
+    "style cfg": {"cfg": 3.5},
+    "controlnet type": {"control": "tile"},
+    "controlnet strength": {"controlnet_strength": 0.8},
+    "noise": {"noise": 0.5},
+    "seed": {"seed": 7},
+}
+
+
+def restyle_twice(tiny_spec, checkpoint_source, tmp_path, change, **base_changes) -> list:
+    """A two-frame restyle with a real ControlNet, then one with ``change``: the second's events."""
+    write_clip(tmp_path / "clip", 2)
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint_source, checkpoint)
+    base = dict(
+        unsample_prompt="a disc over stripes", cache_dir=str(tmp_path / "cache"), model=str(checkpoint), steps=2,
+        control="canny", controlnet_strength=0.3, noise=0.2, seed=0, **base_changes,
+    )  # fmt: skip
+    assert unsample_calls(run(tiny_spec(tmp_path / "clip", out=str(tmp_path / "a"), **base))) > 0
+    changed = change(checkpoint) if callable(change) else change
+    again = run(tiny_spec(tmp_path / "clip", out=str(tmp_path / "b"), **{**base, **changed}))
+    assert any(isinstance(e, Progress) and e.stage == "resample" for e in again), "the style pass always runs"
+    return again
+
+
+@pytest.mark.parametrize(
+    ("change", "cached"),
+    [pytest.param(c, False, id=name) for name, c in UNSAMPLE_CHANGES.items()]
+    + [pytest.param(c, True, id=name) for name, c in STYLE_CHANGES.items()],
+)
+def test_only_a_change_to_the_unsample_pass_unsamples_again(tiny_spec, tiny_models, tmp_path, change, cached):
+    again = restyle_twice(tiny_spec, tiny_models.checkpoint, tmp_path, change)
+    assert again[-1].unsample_cached == cached
+    assert (unsample_calls(again) == 0) == cached
+
+
+def test_with_control_while_unsampling_a_new_controlnet_strength_unsamples_again(tiny_spec, tiny_models, tmp_path):
+    again = restyle_twice(
+        tiny_spec, tiny_models.checkpoint, tmp_path, {"controlnet_strength": 0.8}, control_in_unsample=True
+    )
     assert unsample_calls(again) > 0 and not again[-1].unsample_cached
+
+
+def test_latents_made_on_another_kind_of_device_or_precision_are_not_reused(tiny_spec, clip):
+    spec, paths = tiny_spec(clip, unsample_prompt="x"), sorted(clip.glob("*.png"))
+    placements = [
+        Placement(torch.device("cuda"), torch.float16, torch.float16),
+        Placement(torch.device("mps"), torch.float16, torch.float16),
+        Placement(torch.device("mps"), torch.float16, torch.float32),
+        Placement(torch.device("cpu"), torch.float32, torch.float32),
+    ]
+    keys = [cache_key(spec, paths, (64, 48), placement) for placement in placements]
+    assert len(set(keys)) == len(placements)
+    assert cache_key(spec, paths, (64, 48), placements[0]) == keys[0], "the same setup finds its entry"
 
 
 def test_other_frames_unsample_again(tiny_spec, clip, tmp_path):

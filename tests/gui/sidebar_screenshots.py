@@ -75,6 +75,7 @@ def set_up() -> None:
     models = WORK / "models" / "sd15"
     settings = scene.unsample
     settings.prompt = "an oil painting of a city street at dusk"
+    settings.unsample_prompt = "a yellow square moving right over a blue gradient"
     settings.checkpoint = str(models / "checkpoint")
     settings.motion_module = str(models / "motion_adapter")
     settings.controlnet_model = str(models / "controlnet")

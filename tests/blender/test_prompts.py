@@ -1,0 +1,181 @@
+"""The unsample prompt in real Blender: describing the source is the default, sits under the style
+prompt, and keeps the cached unsample pass valid while the style changes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import bpy
+import pytest
+from conftest import styled_strips
+
+from blender_unsample.addon import panel
+from blender_unsample.addon.properties import job_spec
+
+_UI = bpy.types.UILayout.bl_rna
+
+
+class OperatorProperties:
+    """What ``layout.operator`` returns: only the operator's own properties can be set."""
+
+    def __init__(self, idname: str) -> None:
+        module, name = idname.split(".")
+        rna = getattr(getattr(bpy.ops, module), name).get_rna_type()  # KeyError: no such operator
+        object.__setattr__(self, "_names", set(rna.properties.keys()))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        assert name in self._names, f"the operator has no property {name!r}"
+
+
+class Layout:
+    """Stands in for ``UILayout`` where the bpy module has no window: each call is checked against
+    this Blender's own UILayout API (argument names, required arguments, icon names, property and
+    enum item names, operators) and recorded in drawing order."""
+
+    def __init__(self, drawn: list, active: bool = True) -> None:
+        object.__setattr__(self, "drawn", drawn)
+        object.__setattr__(self, "active", active)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        assert name in _UI.properties, f"UILayout has no attribute {name!r}"
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, function: str):
+        if function.startswith("_"):
+            raise AttributeError(function)
+        assert function in _UI.functions, f"UILayout has no function {function!r}"
+        inputs = {p.identifier: p for p in _UI.functions[function].parameters if not p.is_output}
+        outputs = [p for p in _UI.functions[function].parameters if p.is_output]
+
+        def call(*args: object, **kwargs: object) -> object:
+            bound = dict(zip(inputs, args, strict=False)) | kwargs
+            assert set(bound) <= set(inputs), f"{function}() has no argument {set(bound) - set(inputs)}"
+            assert all(name in bound for name, p in inputs.items() if p.is_required), f"{function}() lacks one"
+            for name, value in bound.items():
+                if inputs[name].type == "ENUM" and not inputs[name].is_enum_flag:
+                    assert value in inputs[name].enum_items, f"{function}({name}={value!r}) is not a valid item"
+            _check_property(function, bound)
+            self.drawn.append((function, bound, self.active))
+            if function == "operator":
+                return OperatorProperties(bound["operator"])
+            return Layout(self.drawn, self.active) if outputs and outputs[0].identifier == "layout" else None
+
+        return call
+
+
+def _check_property(function: str, bound: dict) -> None:
+    if "data" not in bound or "property" not in bound:
+        return
+    properties = bound["data"].bl_rna.properties
+    assert bound["property"] in properties, f"{function}: no property {bound['property']!r}"
+    if "value" in bound:
+        assert bound["value"] in properties[bound["property"]].enum_items, f"no enum item {bound['value']!r}"
+
+
+def draw(panel_class, scene) -> list:
+    """What ``panel_class`` draws for ``scene`` in a sidebar 320 pixels wide."""
+    context = SimpleNamespace(scene=scene, window_manager=bpy.context.window_manager, region=SimpleNamespace(width=320))
+    drawn = []
+    if not hasattr(panel_class, "poll") or panel_class.poll(context):
+        panel_class.draw(SimpleNamespace(layout=Layout(drawn)), context)
+    return drawn
+
+
+def props(drawn: list) -> list[tuple]:
+    """The settings drawn, in order: (property, enum value or None, whether it is drawn active)."""
+    return [(b["property"], b.get("value"), active) for f, b, active in drawn if "property" in b]
+
+
+def labels(drawn: list) -> str:
+    return " ".join(b.get("text", "") for f, b, _ in drawn if f == "label")
+
+
+@pytest.mark.parametrize(
+    ("mode", "text", "expected"),
+    [
+        ("SAME", "a street at night", None),  # the style prompt
+        ("BLANK", "a street at night", ""),
+        ("SOURCE", "a street at night", "a street at night"),
+        ("SOURCE", "", ""),
+        ("SOURCE", "   ", ""),
+    ],
+)
+def test_each_unsample_choice_reaches_the_job(addon, mode, text, expected):
+    settings = bpy.context.scene.unsample
+    settings.unsample_prompt_mode, settings.unsample_prompt = mode, text
+    spec = job_spec(settings, "in", "out", (64, 40))
+    assert spec.unsample_prompt == expected
+    assert spec.source_prompt == (settings.prompt if expected is None else expected)
+
+
+def test_a_new_scene_unsamples_with_a_description_of_the_source(addon):
+    for scene in (bpy.context.scene, bpy.data.scenes.new("Another")):
+        assert scene.unsample.unsample_prompt_mode == "SOURCE"
+        assert scene.unsample.unsample_prompt == ""
+
+
+def test_a_scene_saved_before_keeps_its_unsample_choice(addon):
+    # Saved scenes store the choice as a number: 0 Same as Style, 1 Blank, 2 Describe Source.
+    settings = bpy.context.scene.unsample
+    for stored, mode in ((0, "SAME"), (1, "BLANK"), (2, "SOURCE")):
+        settings["unsample_prompt_mode"] = stored
+        assert settings.unsample_prompt_mode == mode
+
+
+def test_with_the_defaults_a_second_style_reuses_the_cached_unsample_pass(image_strip):
+    scene = bpy.context.scene
+    state = bpy.context.window_manager.unsample
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    assert "from the cache" not in state.message
+    scene.unsample.prompt = "a pencil drawing"
+    for strip in styled_strips(scene):
+        strip.select = False
+    image_strip.select = True
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    assert "its unsample pass taken from the cache" in state.message
+    assert len(styled_strips(scene)) == 2
+
+
+def test_the_source_description_and_its_choices_sit_under_the_style_prompt(image_strip):
+    scene = bpy.context.scene
+    drawn = props(draw(panel.SEQUENCER_PT_unsample, scene))
+    order = [name for name, _, _ in drawn]
+    assert order[:2] == ["prompt", "unsample_prompt"], "the description comes right after the style prompt"
+    choices = [value for name, value, _ in drawn if name == "unsample_prompt_mode"]
+    assert choices == ["SOURCE", "SAME", "BLANK"], "each choice is one click away"
+    assert ("unsample_prompt", None, True) in drawn
+    sub_panel = props(draw(panel.SEQUENCER_PT_unsample_prompts, scene))
+    assert "unsample_prompt_mode" not in [name for name, _, _ in sub_panel], "not a sub-panel away any more"
+
+
+def test_an_empty_description_shows_a_hint_that_goes_once_the_footage_is_described(image_strip):
+    scene = bpy.context.scene
+    assert "blank prompt" in labels(draw(panel.SEQUENCER_PT_unsample, scene))
+    scene.unsample.unsample_prompt = "a yellow square over a gradient"
+    assert "blank prompt" not in labels(draw(panel.SEQUENCER_PT_unsample, scene))
+    scene.unsample.unsample_prompt, scene.unsample.unsample_prompt_mode = "", "BLANK"
+    assert "blank prompt" not in labels(draw(panel.SEQUENCER_PT_unsample, scene)), "Blank was chosen: no hint"
+
+
+def test_with_another_choice_the_description_is_kept_in_view_but_greyed_out(image_strip):
+    scene = bpy.context.scene
+    scene.unsample.unsample_prompt = "a yellow square over a gradient"
+    scene.unsample.unsample_prompt_mode = "SAME"
+    assert ("unsample_prompt", None, False) in props(draw(panel.SEQUENCER_PT_unsample, scene))
+
+
+@pytest.mark.parametrize("status", ["IDLE", "RUNNING", "FAILED"])
+def test_every_panel_draws_without_errors(image_strip, status):
+    scene = bpy.context.scene
+    state = bpy.context.window_manager.unsample
+    state.status, state.message, state.log_tail = status, "something happened", "a line\nanother"
+    scene.unsample.loras.add().path = "/tmp/style.safetensors"
+    for panel_class in panel.classes:
+        if issubclass(panel_class, bpy.types.Panel):
+            assert draw(panel_class, scene), f"{panel_class.bl_label} drew nothing"
+    context = SimpleNamespace(scene=scene, window_manager=bpy.context.window_manager)
+    row = Layout([])
+    panel.SEQUENCER_UL_unsample_loras.draw_item(
+        None, context, row, scene.unsample, scene.unsample.loras[0], 0, None, ""
+    )
+    assert [b["property"] for _, b, _ in row.drawn if "property" in b] == ["enabled", "path", "weight"]
