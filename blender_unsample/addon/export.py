@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import bpy
 from .compat import set_file_format, top_level_strips
 
 EXPORT_SCENE_NAME = ".unsample-export"
+PNG_END = b"IEND\xaeB`\x82"  # the last chunk of every PNG file
+LOW_SPACE = 64 * 2**20  # bytes free below which a frame Blender failed to write means a full disk
 
 
 class FrameExporter:
@@ -59,9 +63,13 @@ class FrameExporter:
             partial = path.with_name(f".partial-{path.name}")
             self._copy.frame_current = self.frames[index]
             self._copy.render.filepath = str(partial)
-            bpy.ops.render.render(write_still=True, scene=self._copy.name)
-            if not partial.is_file():
-                raise OSError(f"Blender did not write {partial}")
+            # The copy as the context's scene too: otherwise the sequencer renders the frame at the
+            # context scene's playhead, whatever the copy's frame is.
+            with bpy.context.temp_override(scene=self._copy):
+                bpy.ops.render.render(write_still=True, scene=self._copy.name)
+            if not _whole_png(partial):  # Blender reports "Saved" even when the disk filled up
+                partial.unlink(missing_ok=True)
+                raise _not_written(path)
             os.replace(partial, path)
             self.paths.append(path)
             now = time.perf_counter()
@@ -73,6 +81,21 @@ class FrameExporter:
         if self._copy is not None:
             bpy.data.scenes.remove(self._copy)
             self._copy = None
+
+
+def _whole_png(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            file.seek(-len(PNG_END), os.SEEK_END)
+            return file.read(len(PNG_END)) == PNG_END
+    except OSError:  # not there, or shorter than a PNG's last chunk
+        return False
+
+
+def _not_written(path: Path) -> OSError:
+    if shutil.disk_usage(path.parent).free < LOW_SPACE:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(f"Blender did not write a whole frame to {path}")
 
 
 def _isolate(copy: bpy.types.Scene, strip_name: str) -> None:

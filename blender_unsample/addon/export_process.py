@@ -9,6 +9,7 @@ Python module (scripts, tests), the same Python. It stops when the user's Blende
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -23,6 +24,24 @@ import bpy
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FAILURE = "unsample-export-error: "  # how the export process names what went wrong, on its last line
+PARTIAL = ".partial-frame_*.png"  # a frame being written (see FrameExporter.step)
+# How the operating system says "disk full": Blender's own errors carry only the text.
+DISK_FULL_TEXTS = ("No space left on device", "There is not enough space on the disk")
+
+
+class JobError(Exception):
+    """A job failed for a reason its message already explains to the user."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return getattr(error, "errno", None) == errno.ENOSPC or any(text in str(error) for text in DISK_FULL_TEXTS)
+
+
+def disk_full_message(path: str | Path | None) -> str:
+    """The engine's words for a full disk (its ``disk_full`` error), for a file written on this side."""
+    what = f"{Path(path).name} could not be written to {Path(path).parent}" if path else "a file could not be written"
+    return f"the disk is full: {what}; free some space there, then run the job again [disk_full]"
+
 
 # Makes the package folder importable as "unsample_export" without running its __init__ files
 # (they would import the whole add-on), then runs main() below.
@@ -66,22 +85,47 @@ class ExportProcess:
         self.frames = frames
         self.folder = folder
         self.paths: list[Path] = []
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("frame_*.png"):  # from an earlier, unfinished export
-            stale.unlink()
+        self.process: subprocess.Popen | None = None
         run_dir = folder.parent
         self._blend = run_dir / "export.blend"
-        # The scene and what it uses (clips, sounds, scenes of scene strips, fonts), with absolute
-        # paths: the file lives in the job folder, not beside the user's .blend. Unsaved edits too.
-        bpy.data.libraries.write(str(self._blend), {scene}, path_remap="ABSOLUTE", fake_user=True)
+        # Blender's session temporary folder (blender_*) goes here: a killed Blender leaves it behind.
+        self._tmp = run_dir / "tmp"
+        self.log_path = run_dir / "export.log"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._remove_partial_frames()
+        for stale in folder.glob("frame_*.png"):  # from an earlier, unfinished export
+            stale.unlink()
+        try:
+            job_file = self._write_job(scene, strip, size)
+            self._start(job_file)
+        except BaseException:
+            self.close()
+            raise
+
+    def _write_job(self, scene: bpy.types.Scene, strip: bpy.types.Sequence, size: tuple[int, int]) -> Path:
+        run_dir = self.folder.parent
         job_file = run_dir / "export.json"
         job = {
-            "blend": str(self._blend), "scene": scene.name, "strip": strip.name, "folder": str(folder),
-            "frames": [frames.start, frames.stop, frames.step], "size": list(size),
+            "blend": str(self._blend), "scene": scene.name, "strip": strip.name, "folder": str(self.folder),
+            "frames": [self.frames.start, self.frames.stop, self.frames.step], "size": list(size),
         }  # fmt: skip
-        job_file.write_text(json.dumps(job, indent=2), encoding="utf-8")
-        self.log_path = run_dir / "export.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+        try:
+            # The scene and what it uses (clips, sounds, scenes of scene strips, fonts), with absolute
+            # paths: the file lives in the job folder, not beside the user's .blend. Unsaved edits too.
+            bpy.data.libraries.write(str(self._blend), {scene}, path_remap="ABSOLUTE", fake_user=True)
+            job_file.write_text(json.dumps(job, indent=2), encoding="utf-8")
+            self._tmp.mkdir(exist_ok=True)
+        except OSError as error:
+            if is_disk_full(error):
+                raise JobError(f"cannot export the strip's frames: {disk_full_message(self._blend)}") from error
+            raise JobError(f"cannot export the strip's frames: {str(error).strip()}") from error
+        return job_file
+
+    def _start(self, job_file: Path) -> None:
+        temporary = str(self._tmp)
+        env = dict(
+            os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", TMPDIR=temporary, TEMP=temporary, TMP=temporary
+        )
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 export_command(job_file), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -98,9 +142,9 @@ class ExportProcess:
         self.paths = sorted(self.folder.glob("frame_*.png"))
         if exit_code is None or self.done:
             return
-        raise OSError(f"exporting the strip's frames failed (exit code {exit_code}): {self._reason()}")
+        raise JobError(f"exporting the strip's frames failed (exit code {exit_code}): {self._reason(exit_code)}")
 
-    def _reason(self) -> str:
+    def _reason(self, exit_code: int) -> str:
         try:
             lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
@@ -108,20 +152,29 @@ class ExportProcess:
         named = [line[len(FAILURE) :] for line in lines if line.startswith(FAILURE)]
         if named:
             return named[-1]
-        if len(self.paths) == len(self.frames):
-            return "it ended without finishing"
+        written = f"{len(self.paths)} of {len(self.frames)} frames written"
+        if exit_code == 0:  # it says it finished, yet frames are missing
+            return f"it ended with only {written} (the log: {self.log_path})"
         last = [line for line in lines if line.strip()][-1:] or ["no output"]
-        return f"{last[0]} (the log: {self.log_path})"
+        return f"{last[0]} ({written}; the log: {self.log_path})"
 
     def close(self) -> None:
-        """Stop the export process if it still runs and remove its copy of the scene; safe to call
-        more than once."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdin:
-            self.process.stdin.close()
+        """Stop the export process if it still runs and remove what only it needed: its copy of the
+        scene, its temporary folder, a frame it was writing. Safe to call more than once."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            if self.process.stdin:
+                self.process.stdin.close()
+        self._remove_partial_frames()
         self._blend.unlink(missing_ok=True)
+        self._blend.with_name(self._blend.name + "@").unlink(missing_ok=True)  # Blender's file while writing
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _remove_partial_frames(self) -> None:
+        for partial in self.folder.glob(PARTIAL):
+            partial.unlink(missing_ok=True)
 
 
 # --- in the export process ---------------------------------------------------------------------------
@@ -145,7 +198,7 @@ def main(job_file: str) -> None:
         failed = False
     except Exception as error:
         traceback.print_exc()
-        print(f"{FAILURE}{type(error).__name__}: {error}", flush=True)
+        print(f"{FAILURE}{_failure_text(error)}", flush=True)
         failed = True
     if not bpy.app.binary_path:
         # The bpy module: leave before its teardown, which can crash (bpy 4.2 at exit), removing
@@ -156,6 +209,12 @@ def main(job_file: str) -> None:
         os._exit(int(failed))
     if failed:
         raise SystemExit(1)  # Blender exits with it (--python-exit-code covers other exceptions)
+
+
+def _failure_text(error: Exception) -> str:
+    if is_disk_full(error):
+        return disk_full_message(getattr(error, "filename", None))
+    return f"{type(error).__name__}: {error}"
 
 
 def _exit_when_blender_goes_away() -> None:

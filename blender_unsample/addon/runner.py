@@ -19,11 +19,11 @@ from pathlib import Path
 import bpy
 
 from ..engine.protocol import Done, ErrorCode, ErrorEvent, FrameWritten, JobSpec, Progress, WarningEvent
-from .export_process import ExportProcess
+from .export_process import ExportProcess, JobError, disk_full_message, is_disk_full
 from .paths import new_run_folder, strip_folder
 from .preferences import ADDON_ID, GPU_MEMORY_OPTIONS
 from .properties import job_spec, processing_size
-from .strips import StripRef, add_result_strip, remove_previews, select_only
+from .strips import StripRef, add_result_strip, remove_previews, restylable_reason, select_only
 from .worker import Worker
 
 EVENTS_PER_TICK = 200
@@ -69,6 +69,7 @@ class Outcome:
     strip: str
     ok: bool
     message: str
+    warning: bool = False  # added, but with something the user should know (the source was edited)
 
 
 class Runner:
@@ -93,11 +94,13 @@ class Runner:
         if not self.busy:
             self._new_batch()
         root = cache_root()
-        for strip in strips:
+        jobs = []
+        for strip in strips:  # all job folders first: if one cannot be made, nothing is queued
             frames = _frames_to_restyle(scene, strip, preview)
             folder = strip_folder(root, bpy.data.filepath, scene.name, strip.name)
             run_dir = new_run_folder(folder, "preview" if preview else "restyle")
-            self.queue.append(StripJob(StripRef.of(scene, strip), frames, preview, run_dir))
+            jobs.append(StripJob(StripRef.of(scene, strip), frames, preview, run_dir))
+        self.queue.extend(jobs)
         self.batch_size += len(strips)
         _state().status = "EXPORTING"
         return len(strips)
@@ -145,7 +148,7 @@ class Runner:
                 try:
                     self._advance(job)
                 except Exception as error:  # a failed strip must not take the batch down
-                    self._finish(job, False, f"{type(error).__name__}: {error}")
+                    self._finish(job, False, _describe(error))
             if not self.busy:
                 self._end_batch()
             return self.busy
@@ -163,7 +166,10 @@ class Runner:
         state.frames_total = len(job.frames)
         state.status = "EXPORTING"
         state.log_tail = ""
-        scene, strip = job.ref.find()
+        try:
+            scene, strip = job.ref.find()
+        except LookupError as error:
+            raise JobError(f"{error} before its turn: nothing was restyled") from error
         job.done, job.error, job.warnings, job.cancel_sent_at = None, None, [], None
         exported = sorted(job.frames_dir.glob("frame_*.png"))
         job_file = job.run_dir / "job.json"
@@ -172,13 +178,20 @@ class Runner:
             # reuses what its earlier run left (cached latents, frames it wrote).
             job.spec = JobSpec.from_dict(json.loads(job_file.read_text(encoding="utf-8")))
             self._start_worker(job)
-            return
+        else:
+            self._start_export(job, scene, strip)
+
+    def _start_export(self, job: StripJob, scene: bpy.types.Scene, strip: bpy.types.Sequence) -> None:
+        problem = restylable_reason(strip)  # its media may have gone since it was queued
+        if problem:
+            raise JobError(f"{problem}: nothing was restyled")
         size = processing_size(scene.unsample, scene)
         prefs = preferences()
         models_folder = prefs.models_folder if prefs else ""
         job.spec = job_spec(
             scene.unsample, str(job.frames_dir), str(job.out_dir), size, models_folder, **_preference_overrides(job)
         )
+        job.ref = StripRef.of(scene, strip)  # as exported now: edits from here on are noticed at import
         job.exporter = ExportProcess(scene, strip, job.frames, job.frames_dir, size)
 
     def _advance(self, job: StripJob) -> None:
@@ -218,7 +231,7 @@ class Runner:
                 python, ["restyle", "--job", str(job_file), "--progress", "json"], job.run_dir / "worker.log"
             )
         except OSError as error:
-            raise OSError(
+            raise JobError(
                 f"cannot start the worker Python {python} ({error.strerror or error}): check the "
                 "Worker Python preference"
             ) from error
@@ -278,9 +291,12 @@ class Runner:
         try:
             scene, source = job.ref.find()
         except LookupError as error:
-            self._finish(job, False, f"{error}; nothing was added, the styled frames are in {job.out_dir}")
+            where = f"nothing was added; the styled frames are in {job.out_dir}"
+            self._finish(job, False, f"{error} while it was being restyled: {where}")
             return
-        remove_previews(scene, source.name)
+        edited = job.ref.edited(source)
+        remove_previews(scene, job.ref.name)
+        remove_previews(scene, source.name)  # renamed meanwhile
         strip = add_result_strip(scene, source, frames, job.frames.start, job.spec.to_json(), job.preview)
         self.added.append(strip.name)
         select_only(scene, set(self.added), strip.name)  # the batch's results, the newest active
@@ -292,9 +308,14 @@ class Runner:
             message += ", its unsample pass taken from the cache"
         if job.warnings:
             message += f" ({len(job.warnings)} warnings: {job.warnings[-1]})"
-        self._finish(job, True, message)
+        if edited:
+            message += (
+                ". The strip was edited while it was being restyled: the new strip shows it as it was "
+                "when its frames were exported; Restyle again to pick up the edits"
+            )
+        self._finish(job, True, message, warning=edited)
 
-    def _finish(self, job: StripJob, ok: bool, message: str) -> None:
+    def _finish(self, job: StripJob, ok: bool, message: str, warning: bool = False) -> None:
         if job.exporter is not None:
             job.exporter.close()
             job.exporter = None
@@ -303,7 +324,7 @@ class Runner:
             job.worker = None
         if not ok:
             self.resumable.append(job)  # its folder is kept: Resume runs it again there
-        self.outcomes.append(Outcome(job.ref.name, ok, message))
+        self.outcomes.append(Outcome(job.ref.name, ok, message, warning))
         _state().message = f"{job.ref.name}: {message}"
         self.current = None
 
@@ -320,6 +341,15 @@ class Runner:
             state.message = f"{len(self.outcomes) - len(failed)} of {len(self.outcomes)} strips restyled" + (
                 f"; {failed[0].strip}: {failed[0].message}" if failed else ""
             )
+
+
+def _describe(error: Exception) -> str:
+    """What went wrong, for the panel and the report."""
+    if isinstance(error, JobError):
+        return str(error)  # written for the user already
+    if is_disk_full(error):
+        return disk_full_message(getattr(error, "filename", None))
+    return f"{type(error).__name__}: {error}"
 
 
 def _state() -> bpy.types.PropertyGroup:
@@ -368,9 +398,14 @@ def worker_python() -> str:
     return sys.executable
 
 
+def online_access() -> bool:
+    """Blender's Allow Online Access (System preferences, or --online-mode)."""
+    return bpy.app.online_access
+
+
 def _preference_overrides(job: StripJob) -> dict[str, object]:
     prefs = preferences()
-    online = bpy.app.online_access
+    online = online_access()
     return {
         "device": prefs.device if prefs else "auto",
         "allow_download": bool(prefs and prefs.allow_downloads and online),

@@ -6,6 +6,7 @@ UNSAMPLE_TEST_WORKER_PYTHON (.venv's), as a user's existing torch environment wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -152,6 +153,35 @@ def image_pixels(path: Path) -> np.ndarray:
     return pixels
 
 
+def add_modifier(scene, strip, name: str, kind: str):
+    """A strip modifier; Blender 5.0 needs the scene in the context to add one (it crashes without)."""
+    override = bpy.context.temp_override(scene=scene, sequencer_scene=scene) if bpy.app.version >= (5, 0, 0) else None
+    with override or contextlib.nullcontext():
+        return strip.modifiers.new(name, kind)
+
+
+def rna_state(struct, depth: int = 8) -> dict:
+    """Every property of ``struct`` and of what it holds (modifiers, transform, crop, colour
+    settings, images, meta contents), as plain values; data-blocks by name. Selection is left
+    out: a restyle selects its result, by design."""
+    state = {}
+    for prop in struct.bl_rna.properties:
+        key = prop.identifier
+        if key in {"rna_type", "select", "select_left_handle", "select_right_handle"}:
+            continue
+        value = getattr(struct, key)
+        if prop.type == "POINTER":
+            nested = value is not None and not isinstance(value, bpy.types.ID) and depth
+            state[key] = rna_state(value, depth - 1) if nested else getattr(value, "name", None)
+        elif prop.type == "COLLECTION":
+            state[key] = [rna_state(item, depth - 1) for item in value] if depth else len(value)
+        elif getattr(prop, "is_array", False):
+            state[key] = tuple(value)
+        else:
+            state[key] = value
+    return state
+
+
 STRIP_STATE = ("name", "channel", "frame_start", "frame_final_start", "frame_final_duration", "mute", "select")
 
 
@@ -183,6 +213,30 @@ def image_strip(addon, tmp_path):
     strip.select = True
     scene.sequence_editor.active_strip = strip
     return strip
+
+
+@pytest.fixture
+def quick_worker(addon, tmp_path):
+    """A stand-in worker that hands back the exported frames as its styled frames at once, for
+    tests about what happens around a job rather than inside it."""
+    script = tmp_path / "quick-worker"
+    script.write_text(
+        f"""#!{sys.executable}
+import json, shutil, sys
+from pathlib import Path
+job = json.loads(Path(sys.argv[sys.argv.index("--job") + 1]).read_text(encoding="utf-8"))
+out = Path(job["out"])
+out.mkdir(parents=True, exist_ok=True)
+frames = sorted(Path(job["frames"]).glob("*.png"))
+for frame in frames:
+    shutil.copy(frame, out / frame.name)
+print(json.dumps({{"type": "done", "frames": len(frames), "out": str(out), "seconds": 0.0}}), flush=True)
+""",
+        encoding="utf-8",
+    )
+    script.chmod(0o755)
+    addon.worker_python = str(script)
+    return script
 
 
 def run_interactively(scene, on_tick=None) -> list[float]:

@@ -1,17 +1,34 @@
-"""Faults in real Blender: a killed worker, two restyles at once, awkward names, GPU memory;
-nothing lost."""
+"""Faults in real Blender: a killed worker, two restyles at once, the source strip changed
+mid-job, missing media, awkward names, GPU memory; nothing lost, the .blend untouched."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+from pathlib import Path
 
 import bpy
 import pytest
-from conftest import add_image_strip, run_interactively, snapshot, strips_of, styled_strips, video_scene, write_frames
+from conftest import (
+    add_image_strip,
+    add_modifier,
+    image_pixels,
+    rna_state,
+    run_interactively,
+    snapshot,
+    strips_of,
+    styled_strips,
+    video_scene,
+    write_frames,
+    write_movie,
+)
 
+from blender_unsample.addon import runner
+from blender_unsample.addon.operators.batch import BatchOperator
 from blender_unsample.addon.runner import RUNNER
+from blender_unsample.addon.worker import Worker
 
 
 def test_a_killed_worker_is_reported_and_resume_finishes_the_job_reusing_its_work(image_strip):
@@ -36,20 +53,31 @@ def test_a_killed_worker_is_reported_and_resume_finishes_the_job_reusing_its_wor
     assert not list((run_dir.parent).glob("*-restyle-1")), "resume ran in the same job folder"
 
 
-def test_two_restyles_asked_at_once_are_queued_on_one_worker(image_strip, tmp_path):
+def test_two_restyles_asked_at_once_are_queued_on_one_worker(image_strip, tmp_path, monkeypatch):
     scene = bpy.context.scene
     other = add_image_strip(scene, "Other", write_frames(tmp_path / "other", 4), 2, 60)
-    RUNNER.enqueue(scene, [image_strip])
-    workers_at_once, asked = [], []
+    started, alive_at_start = [], []
+    worker_init = Worker.__init__
 
-    def second_restyle_while_the_first_runs():
-        if RUNNER.current and RUNNER.current.worker and not asked:
-            asked.append(RUNNER.enqueue(scene, [other]))  # as a second press of Restyle would
-        jobs = [job for job in (RUNNER.current, *RUNNER.queue) if job and job.worker]
-        workers_at_once.append(sum(job.worker.exit_code is None for job in jobs))
+    def record_start(self, *args, **kwargs):
+        alive_at_start.append(sum(w.process.poll() is None for w in started))
+        worker_init(self, *args, **kwargs)
+        started.append(self)
 
-    run_interactively(scene, second_restyle_while_the_first_runs)
-    assert max(workers_at_once) == 1
+    monkeypatch.setattr(Worker, "__init__", record_start)
+    RUNNER.enqueue(scene, [image_strip])  # the first Restyle, driven by its timer as below
+    monkeypatch.setattr(BatchOperator, "_driving", True)
+    second = []
+
+    def press_restyle_again_while_the_first_runs():
+        if RUNNER.current and RUNNER.current.worker and not second:
+            image_strip.select, other.select = False, True
+            second.append(bpy.ops.sequencer.unsample_restyle())
+
+    run_interactively(scene, press_restyle_again_while_the_first_runs)
+    assert second == [{"FINISHED"}], "the second press is queued, not refused"
+    assert len(started) == 2 and alive_at_start == [0, 0], "a worker starts only once the last one has ended"
+    assert all(w.process.poll() is not None for w in started)
     assert {s["unsample_source"] for s in styled_strips(scene)} == {"Shots", "Other"}, RUNNER.outcomes
 
 
@@ -89,3 +117,250 @@ def test_out_of_gpu_memory_points_to_the_memory_preferences_and_adds_nothing(ima
     with pytest.raises(RuntimeError, match=r"feed-forward chunking.*Preferences > Add-ons > Unsample.*out_of_memory"):
         bpy.ops.sequencer.unsample_restyle()
     assert snapshot(scene) == before and not styled_strips(scene)
+
+
+# --- the source strip changed while its job runs --------------------------------------------------
+
+
+def restyle_changing_the_strip(monkeypatch, change, when="worker") -> set[str]:
+    """Press Restyle, and ``change`` the strip once while its job is at ``when`` (export or worker)."""
+    changed = []
+    tick = RUNNER.tick
+
+    def tick_and_change() -> bool:
+        busy = tick()
+        job = RUNNER.current
+        if job and getattr(job, "exporter" if when == "export" else "worker") is not None and not changed:
+            change()
+            changed.append(True)
+        return busy
+
+    monkeypatch.setattr(RUNNER, "tick", tick_and_change)
+    try:
+        return bpy.ops.sequencer.unsample_restyle()
+    finally:
+        assert changed, "the change was made while the job ran"
+
+
+def the_run_folder(tmp_path) -> Path:
+    [run] = (tmp_path / "cache").glob("jobs/*/runs/*")
+    return run
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda strip: setattr(strip, "channel", 3), "the strip was moved from channel 1 to 3"),
+        (lambda strip: setattr(strip, "frame_start", 40), "the strip was moved from frame 30 to 40"),
+        (lambda strip: setattr(strip, "frame_final_duration", 4), "the strip was trimmed from frames 30-35 to 30-33"),
+    ],
+    ids=["channel", "frames", "trimmed"],
+)
+def test_a_strip_moved_or_trimmed_during_its_job_gets_nothing_added(
+    image_strip, quick_worker, tmp_path, monkeypatch, change, said
+):
+    scene = bpy.context.scene
+    with pytest.raises(RuntimeError, match=f"Shots: {said} while it was being restyled: nothing was added"):
+        restyle_changing_the_strip(monkeypatch, lambda: change(image_strip))
+    assert not styled_strips(scene) and len(strips_of(scene)) == 1
+    out = the_run_folder(tmp_path) / "out"
+    assert f"the styled frames are in {out}" in bpy.context.window_manager.unsample.message
+    assert len(list(out.glob("frame_*.png"))) == 6, "the styled frames are where the message says"
+
+
+@pytest.mark.parametrize("when", ["export", "worker"])
+def test_a_strip_deleted_during_its_own_job_gets_nothing_added(image_strip, quick_worker, monkeypatch, when):
+    scene = bpy.context.scene
+    said = "Shots: the strip was renamed or deleted while it was being restyled: nothing was added"
+    with pytest.raises(RuntimeError, match=said):
+        restyle_changing_the_strip(monkeypatch, lambda: strips_of(scene).remove(image_strip), when)
+    assert len(strips_of(scene)) == 0, "nothing was added"
+    assert bpy.context.window_manager.unsample.status == "FAILED"
+
+
+def test_a_strip_renamed_during_its_job_still_gets_its_result(image_strip, quick_worker, monkeypatch):
+    scene = bpy.context.scene
+    assert restyle_changing_the_strip(monkeypatch, lambda: setattr(image_strip, "name", "Opening shot")) == {"FINISHED"}
+    [styled] = styled_strips(scene)
+    assert styled["unsample_source"] == "Opening shot" and styled.channel == 2
+    assert "edited" not in bpy.context.window_manager.unsample.message
+
+
+def brighten(strip):
+    strip.modifiers["Look"].bright = 0.4
+
+
+def bend_the_curve(strip):
+    strip.modifiers["Curve"].curve_mapping.curves[3].points[0].location = (0.0, 0.3)
+
+
+def add_a_modifier(strip):
+    add_modifier(bpy.context.scene, strip, "More", "BRIGHT_CONTRAST")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda strip: setattr(strip, "color_multiply", 0.0),
+        lambda strip: setattr(strip.transform, "offset_x", 12.0),
+        lambda strip: setattr(strip.crop, "min_x", 8),
+        brighten,
+        bend_the_curve,
+        add_a_modifier,
+    ],
+    ids=["colour", "transform", "crop", "modifier", "curve-point", "new-modifier"],
+)
+def test_a_strip_edited_during_its_job_gets_its_result_with_a_warning(
+    image_strip, quick_worker, monkeypatch, capfd, edit
+):
+    scene = bpy.context.scene
+    add_modifier(scene, image_strip, "Look", "BRIGHT_CONTRAST")
+    add_modifier(scene, image_strip, "Curve", "CURVES")
+    assert restyle_changing_the_strip(monkeypatch, lambda: edit(image_strip)) == {"FINISHED"}
+    [styled] = styled_strips(scene)
+    assert (
+        "Warning: Shots: added 'Shots (Unsample)' on channel 2. The strip was edited while it was being restyled: "
+        "the new strip shows it as it was when its frames were exported; Restyle again to pick up the edits"
+    ) in capfd.readouterr().out
+    first = image_pixels(Path(bpy.path.abspath(styled.directory)) / styled.elements[0].filename)
+    assert first.reshape(-1, 4)[:, :3].max() > 0.5, "made from the frames as exported, before the edit"
+
+
+def test_selecting_locking_and_scrubbing_a_strip_during_its_job_is_no_edit(image_strip, quick_worker, monkeypatch):
+    scene = bpy.context.scene
+    image_strip.color_saturation = 0.5
+    image_strip.keyframe_insert("color_saturation", frame=30)
+    image_strip.color_saturation = 1.5
+    image_strip.keyframe_insert("color_saturation", frame=35)
+    scene.frame_set(30)
+
+    def look_around():
+        image_strip.select, image_strip.lock = False, True
+        image_strip.color_tag = "COLOR_04"
+        scene.frame_set(33)  # the animated saturation now reads differently
+
+    assert restyle_changing_the_strip(monkeypatch, look_around) == {"FINISHED"}
+    assert image_strip.color_saturation != 0.5, "the playhead moved over the animation"
+    assert len(styled_strips(scene)) == 1
+    assert "edited" not in bpy.context.window_manager.unsample.message
+
+
+def test_a_changed_keyframe_is_an_edit(image_strip, quick_worker, monkeypatch):
+    image_strip.keyframe_insert("color_saturation", frame=30)
+
+    def rekey():
+        image_strip.color_saturation = 0.2
+        image_strip.keyframe_insert("color_saturation", frame=30)
+
+    assert restyle_changing_the_strip(monkeypatch, rekey) == {"FINISHED"}
+    assert "The strip was edited while it was being restyled" in bpy.context.window_manager.unsample.message
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def select_only(scene, *strips):
+    for strip in strips_of(scene):
+        strip.select = strip in strips
+    scene.sequence_editor.active_strip = strips[-1]
+
+
+def test_empty_meta_strips_and_strips_inside_a_meta_are_refused_and_skipped_in_a_batch(
+    image_strip, quick_worker, tmp_path, capfd
+):
+    scene = bpy.context.scene
+    empty = strips_of(scene).new_meta("Group", 3, 60)
+    select_only(scene, empty)
+    with pytest.raises(RuntimeError, match="'Group' is an empty meta strip: it holds no strips to restyle"):
+        bpy.ops.sequencer.unsample_restyle()  # greyed out, with that tooltip
+    inner = add_image_strip(scene, "Inner", write_frames(tmp_path / "inner", 2), 6, 80)
+    inner.move_to_meta(strips_of(scene).new_meta("Scenes", 5, 80))
+    select_only(scene, inner)
+    with pytest.raises(RuntimeError, match="'Inner' is inside a meta strip: restyle the meta strip itself"):
+        bpy.ops.sequencer.unsample_restyle()
+    select_only(scene, image_strip, empty)
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    assert "Warning: Skipped: 'Group' is an empty meta strip" in capfd.readouterr().out
+    assert [s["unsample_source"] for s in styled_strips(scene)] == ["Shots"]
+
+
+def test_strips_whose_media_is_missing_are_named_and_the_rest_of_the_batch_runs(
+    image_strip, quick_worker, tmp_path, capfd
+):
+    scene = bpy.context.scene
+    movie_file = write_movie(tmp_path / "gone.mp4", write_frames(tmp_path / "movie-src", 4))
+    movie = strips_of(scene).new_movie("Interview", str(movie_file), 2, 1, fit_method="FIT")
+    images = add_image_strip(scene, "Stills", write_frames(tmp_path / "stills", 3), 3, 10)
+    movie_file.unlink()
+    for frame in (tmp_path / "stills").glob("*.png"):
+        frame.unlink()
+    select_only(scene, movie)
+    with pytest.raises(RuntimeError, match=f"'Interview' is missing its media: {movie_file}"):
+        bpy.ops.sequencer.unsample_restyle()
+    select_only(scene, movie, images, image_strip)
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    out = capfd.readouterr().out
+    assert f"Warning: Skipped: 'Interview' is missing its media: {movie_file}" in out
+    stills = tmp_path / "stills"
+    assert f"Warning: Skipped: 'Stills' is missing its media: 3 images in {stills}, e.g. src_0000.png" in out
+    assert [s["unsample_source"] for s in styled_strips(scene)] == ["Shots"]
+
+
+def test_media_deleted_while_its_strip_waits_in_the_batch_is_named(image_strip, quick_worker, tmp_path):
+    scene = bpy.context.scene
+    later = add_image_strip(scene, "Later", write_frames(tmp_path / "later", 3), 1, 50)
+    RUNNER.enqueue(scene, [image_strip, later])
+
+    def delete_the_files_once_running():
+        if RUNNER.current and RUNNER.current.ref.name == "Shots":
+            for frame in (tmp_path / "later").glob("*.png"):
+                frame.unlink(missing_ok=True)
+
+    run_interactively(scene, delete_the_files_once_running)
+    assert [(o.strip, o.ok) for o in RUNNER.outcomes] == [("Shots", True), ("Later", False)]
+    assert f"'Later' is missing its media: 3 images in {tmp_path / 'later'}" in RUNNER.outcomes[1].message
+    assert [s["unsample_source"] for s in styled_strips(scene)] == ["Shots"]
+
+
+def test_a_cache_folder_that_cannot_be_made_is_named_with_the_preference(image_strip, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    bpy.context.preferences.addons["blender_unsample"].preferences.cache_folder = str(blocker / "cache")
+    folder = re.escape(str(blocker / "cache" / "jobs"))
+    said = rf"Cannot create the job folder {folder}/\S+: Not a directory\. Check the Cache Folder preference"
+    with pytest.raises(RuntimeError, match=said):
+        bpy.ops.sequencer.unsample_restyle()
+    assert not RUNNER.busy and not styled_strips(bpy.context.scene)
+
+
+# --- the .blend and the network -------------------------------------------------------------------
+
+
+def test_the_saved_blend_and_the_source_strip_are_untouched_by_a_restyle_and_a_failed_one(image_strip, tmp_path):
+    scene = bpy.context.scene
+    add_modifier(scene, image_strip, "Look", "BRIGHT_CONTRAST").contrast = 0.2
+    image_strip.transform.offset_x, image_strip.crop.max_y, image_strip.color_saturation = 4.0, 2, 1.3
+    blend = tmp_path / "edit.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))  # makes the strip's folder relative ("//images/")
+    saved, before = blend.read_bytes(), rna_state(image_strip)
+    scenes = [(s.name, s.use_fake_user) for s in bpy.data.scenes]
+    assert image_strip.directory.startswith("//")
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    assert "added" in bpy.context.window_manager.unsample.message
+    assert "edited" not in bpy.context.window_manager.unsample.message, "an untouched strip is not reported edited"
+    scene.unsample.checkpoint = str(tmp_path / "no-such-model")
+    select_only(scene, image_strip)
+    with pytest.raises(RuntimeError, match="no-such-model"):
+        bpy.ops.sequencer.unsample_restyle()
+    assert blend.read_bytes() == saved and bpy.data.filepath == str(blend)
+    assert rna_state(strips_of(scene)["Shots"]) == before
+    assert [(s.name, s.use_fake_user) for s in bpy.data.scenes] == scenes
+
+
+@pytest.mark.parametrize(("online", "preference"), [(False, False), (False, True), (True, False), (True, True)])
+def test_models_are_downloaded_only_with_online_access_and_the_preference(image_strip, monkeypatch, online, preference):
+    monkeypatch.setattr(runner, "online_access", lambda: online)
+    bpy.context.preferences.addons["blender_unsample"].preferences.allow_downloads = preference
+    RUNNER.enqueue(bpy.context.scene, [image_strip])
+    RUNNER.tick()  # works out the job's settings and starts exporting
+    assert RUNNER.current.spec.allow_download is (online and preference)

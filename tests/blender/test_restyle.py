@@ -167,7 +167,8 @@ def test_a_strip_moved_during_its_job_gets_no_result_in_the_wrong_place(image_st
 
     run_interactively(scene, move_once_running)
     assert not styled_strips(scene)
-    assert state.status == "FAILED" and "moved or trimmed" in state.message
+    assert state.status == "FAILED"
+    assert "the strip was moved from frame 30 to 50 while it was being restyled" in state.message
 
 
 def test_preview_restyles_a_window_at_the_playhead_and_the_full_run_replaces_it(movie_strip):
@@ -260,7 +261,7 @@ def test_a_queued_strip_deleted_before_its_turn_is_skipped_with_a_reason(image_s
 
     run_interactively(scene, delete_second_once_running)
     assert [(o.strip, o.ok) for o in RUNNER.outcomes] == [("Shots", True), ("More", False)]
-    assert "is gone" in RUNNER.outcomes[1].message
+    assert RUNNER.outcomes[1].message == "the strip was renamed or deleted before its turn: nothing was restyled"
     assert "1 of 2 strips restyled" in state.message
 
 
@@ -345,7 +346,7 @@ def test_a_second_style_reuses_the_cached_unsample_pass_and_the_cache_can_be_cle
 
     scene = bpy.context.scene
     settings = scene.unsample
-    settings.unsample_prompt_mode, settings.unsample_prompt = "CUSTOM", "a yellow square over a gradient"
+    settings.unsample_prompt_mode, settings.unsample_prompt = "SOURCE", "a yellow square over a gradient"
     state = bpy.context.window_manager.unsample
     assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
     assert "from the cache" not in state.message

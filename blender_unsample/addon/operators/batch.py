@@ -55,7 +55,12 @@ class BatchOperator:
         try:
             RUNNER.enqueue(context.scene, strips, self.preview)
         except OSError as error:
-            self.report({"ERROR"}, f"Cannot create the job folder: {error}")
+            where = f" {error.filename}" if error.filename else ""
+            self.report(
+                {"ERROR"},
+                f"Cannot create the job folder{where}: {error.strerror or error}. Check the Cache Folder "
+                "preference (Preferences > Add-ons > Unsample)",
+            )
             return False
         return True
 
@@ -107,6 +112,7 @@ class BatchOperator:
     def _report_outcomes(self) -> set[str]:
         failed = [o for o in RUNNER.outcomes if not o.ok]
         for outcome in RUNNER.outcomes:
-            level = "INFO" if outcome.ok else "WARNING" if RUNNER.cancelled else "ERROR"
+            quiet = outcome.ok and not outcome.warning
+            level = "INFO" if quiet else "WARNING" if outcome.ok or RUNNER.cancelled else "ERROR"
             self.report({level}, f"{outcome.strip}: {outcome.message}")
         return {"FINISHED"} if len(failed) < len(RUNNER.outcomes) else {"CANCELLED"}
