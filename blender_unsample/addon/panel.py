@@ -83,11 +83,12 @@ def draw_prompts(layout: bpy.types.UILayout, settings: bpy.types.PropertyGroup, 
     the footage (the default: it stays put while styles change, so the cache pays off), or one
     click to the style prompt itself or a blank one."""
     column = layout.column(align=True)
-    column.prop(settings, "prompt", text="", placeholder="Style prompt, e.g. an oil painting")
+    # Labelled: once both hold text, their placeholders no longer say which is which.
+    column.prop(settings, "prompt", text="Style", placeholder="e.g. an oil painting")
     describing = settings.unsample_prompt_mode == "SOURCE"
     source = column.row(align=True)
     source.active = describing  # kept in view, greyed out, so the text is not lost from sight
-    source.prop(settings, "unsample_prompt", text="", placeholder="Source: what the footage shows")
+    source.prop(settings, "unsample_prompt", text="Source", placeholder="what the footage shows")
     choices = column.row(align=True)
     for mode, text in _UNSAMPLE_CHOICES:
         choices.prop_enum(settings, "unsample_prompt_mode", mode, text=text)
@@ -111,8 +112,17 @@ def draw_cache_line(layout: bpy.types.UILayout) -> None:
     if _cache_reading[0] <= 0:
         return
     row = layout.row(align=True)
-    row.label(text=f"Unsample cache: {_cache_reading[0] / 2**20:.0f} MB", icon="FILE_CACHE")
+    row.label(text=f"Unsample cache: {_size_text(_cache_reading[0])}", icon="FILE_CACHE")
     row.operator("sequencer.unsample_clear_cache", text="Clear")
+
+
+def _size_text(size: float) -> str:
+    """Bytes as the largest unit that keeps a number of at least 1 (a few small entries are KB)."""
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
 
 
 def _worker_state() -> dict | None:
