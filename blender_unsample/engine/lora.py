@@ -39,6 +39,7 @@ from torch import nn
 
 from .errors import UnsampleError
 from .protocol import ErrorCode
+from .single_file import inaccessible
 
 log = logging.getLogger(__name__)
 
@@ -234,12 +235,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str
             tensors = {key: file.get_tensor(key) for key in keys if _component(key) is not None}
             return tensors, [key for key in keys if key not in tensors], file.metadata() or {}
     except OSError as error:
-        # The file is there but the system will not hand it over (permissions, a failing disk or share).
-        raise UnsampleError(
-            ErrorCode.MODEL_NOT_FOUND,
-            f"the LoRA {path} exists but cannot be read ({error.strerror or error}): check that your user may read it",
-            str(error),
-        ) from error
+        raise inaccessible(path, "LoRA", error) from error
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise UnsampleError(
             ErrorCode.MODEL_INVALID,

@@ -140,7 +140,7 @@ def _read_safetensors(file: Path, role: str) -> dict[str, torch.Tensor]:
     except SafetensorError as error:
         raise _unreadable_safetensors(file, role, error) from error
     except OSError as error:
-        raise _inaccessible(file, role, error) from error
+        raise inaccessible(file, role, error) from error
 
 
 def _safetensors_shapes(file: Path, role: str) -> dict[str, tuple[int, ...]]:
@@ -154,7 +154,7 @@ def _safetensors_shapes(file: Path, role: str) -> dict[str, tuple[int, ...]]:
     except SafetensorError as error:
         raise _unreadable_safetensors(file, role, error) from error
     except OSError as error:
-        raise _inaccessible(file, role, error) from error
+        raise inaccessible(file, role, error) from error
 
 
 def _unreadable_safetensors(file: Path, role: str, error: Exception) -> UnsampleError:
@@ -166,7 +166,7 @@ def _unreadable_safetensors(file: Path, role: str, error: Exception) -> Unsample
     )
 
 
-def _inaccessible(file: Path, role: str, error: OSError) -> UnsampleError:
+def inaccessible(file: Path, role: str, error: OSError) -> UnsampleError:
     # The file is there (checked before) but the system refuses to hand it over: its permissions,
     # a disk or network share that fails. Nothing is wrong with the model itself, so not MODEL_INVALID.
     return UnsampleError(
@@ -192,7 +192,7 @@ def _read_pickle(file: Path, role: str) -> Any:
             str(error),
         ) from error
     except OSError as error:
-        raise _inaccessible(file, role, error) from error
+        raise inaccessible(file, role, error) from error
     except Exception as error:  # torch raises many kinds for a damaged archive; all mean the same here
         raise _unreadable_pickle(file, role, error) from error
 
