@@ -18,3 +18,8 @@ class UnsampleError(Exception):
 class Cancelled(UnsampleError):
     def __init__(self, reason: str = "cancelled") -> None:
         super().__init__(ErrorCode.CANCELLED, reason)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's text (libraries' messages run on), or its class name."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

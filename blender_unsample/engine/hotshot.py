@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UnsampleError
+from .errors import UnsampleError, first_line
 from .protocol import ErrorCode
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def hotshot_motion_adapter(
     except RuntimeError as error:
         raise UnsampleError(
             ErrorCode.MODEL_INVALID,
-            f"{motion_module} look like Hotshot-XL's but do not load as its temporal layers: {_first_line(error)}",
+            f"{motion_module} look like Hotshot-XL's but do not load as its temporal layers: {first_line(error)}",
             str(error),
         ) from error
     return adapter
@@ -312,7 +312,3 @@ def _clip_length_setter(norms: list[ClipGroupNorm]) -> Callable[..., None]:
             norm.frames = frames
 
     return set_clip_length
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

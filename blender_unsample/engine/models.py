@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 
 from . import devices, families, hotshot, single_file
-from .errors import UnsampleError
+from .errors import UnsampleError, first_line
 from .lora import apply_loras
 from .protocol import ErrorCode, JobSpec
 
@@ -291,7 +291,7 @@ def _from_pretrained(
 
 def _cannot_load(role: str, source: str, subfolder: str | None, code: ErrorCode, error: Exception) -> UnsampleError:
     where = f"{source}/{subfolder}" if subfolder else source
-    return UnsampleError(code, f"cannot load the {role} from {where}: {_first_line(error)}", str(error))
+    return UnsampleError(code, f"cannot load the {role} from {where}: {first_line(error)}", str(error))
 
 
 def _check_weights(folder: Path | None, subfolder: str | None, role: str) -> None:
@@ -312,7 +312,3 @@ def _cached_folder(repo: str) -> Path | None:
         return Path(snapshot_download(repo, local_files_only=True))
     except Exception:  # not cached, in any of the ways huggingface_hub reports it
         return None
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

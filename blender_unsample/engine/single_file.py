@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .errors import UnsampleError
+from .errors import UnsampleError, first_line
 from .protocol import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def _unreadable_safetensors(file: Path, role: str, error: Exception) -> Unsample
     return UnsampleError(
         ErrorCode.MODEL_INVALID,
         f"the {role} file {file} is not a readable .safetensors file: it is cut short (an interrupted "
-        f"download?), damaged, or not a model at all ({_first_line(error)})",
+        f"download?), damaged, or not a model at all ({first_line(error)})",
         str(error),
     )
 
@@ -171,7 +171,7 @@ def inaccessible(file: Path, role: str, error: OSError) -> UnsampleError:
     # a disk or network share that fails. Nothing is wrong with the model itself, so not MODEL_INVALID.
     return UnsampleError(
         ErrorCode.MODEL_NOT_FOUND,
-        f"the {role} file {file} exists but cannot be read ({error.strerror or _first_line(error)}): "
+        f"the {role} file {file} exists but cannot be read ({error.strerror or first_line(error)}): "
         "check that your user may read it and that its disk is reachable",
         str(error),
     )
@@ -201,7 +201,7 @@ def _unreadable_pickle(file: Path, role: str, error: Exception) -> UnsampleError
     return UnsampleError(
         ErrorCode.MODEL_INVALID,
         f"the {role} file {file} cannot be read as a weights-only PyTorch checkpoint: it is cut short, damaged "
-        f"or not a model ({_first_line(error)}). Use the .safetensors version of this model.",
+        f"or not a model ({first_line(error)}). Use the .safetensors version of this model.",
         str(error),
     )
 
@@ -377,7 +377,7 @@ def _download_configs(repo: str, required: list[str], role: str) -> Path:
     except (OSError, ValueError) as error:
         raise UnsampleError(
             ErrorCode.MODEL_NOT_FOUND,
-            f"cannot download the configs of {repo} for the {role}: {_first_line(error)}",
+            f"cannot download the configs of {repo} for the {role}: {first_line(error)}",
             str(error),
         ) from error
     if missing := _missing(folder, required):
@@ -693,7 +693,7 @@ def _from_folder(load: Callable[[], T], role: str, folder: Path) -> T:
     except (OSError, ValueError) as error:
         raise UnsampleError(
             ErrorCode.MODEL_NOT_FOUND,
-            f"the config folder {folder} has no usable {role}: {_first_line(error)}",
+            f"the config folder {folder} has no usable {role}: {first_line(error)}",
             str(error),
         ) from error
 
@@ -706,7 +706,7 @@ def _convert(load: Callable[[], T], role: str, file: Path, config: str) -> T:
         model = load()
     except OSError as error:
         raise UnsampleError(
-            ErrorCode.MODEL_NOT_FOUND, f"no usable {role} config in {config}: {_first_line(error)}", str(error)
+            ErrorCode.MODEL_NOT_FOUND, f"no usable {role} config in {config}: {first_line(error)}", str(error)
         ) from error
     except RuntimeError as error:
         if "meta tensor" not in str(error):
@@ -750,8 +750,4 @@ def _dtype(dtype: torch.dtype) -> torch.dtype | None:
 
 def _first_sentence(error: Exception) -> str:
     """diffusers follows its shape errors with advice that does not apply here."""
-    return _first_line(error).split(". ")[0]
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return first_line(error).split(". ")[0]
