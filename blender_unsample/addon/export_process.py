@@ -37,6 +37,13 @@ def is_disk_full(error: BaseException) -> bool:
     return getattr(error, "errno", None) == errno.ENOSPC or any(text in str(error) for text in DISK_FULL_TEXTS)
 
 
+def failure_text(error: BaseException) -> str:
+    """An unexpected error for the user: a full disk in the engine's words, else its type and text."""
+    if is_disk_full(error):
+        return disk_full_message(getattr(error, "filename", None))
+    return f"{type(error).__name__}: {error}"
+
+
 def disk_full_message(path: str | Path | None) -> str:
     """The engine's words for a full disk (its ``disk_full`` error), for a file written on this side."""
     what = f"{Path(path).name} could not be written to {Path(path).parent}" if path else "a file could not be written"
@@ -198,7 +205,7 @@ def main(job_file: str) -> None:
         failed = False
     except Exception as error:
         traceback.print_exc()
-        print(f"{FAILURE}{_failure_text(error)}", flush=True)
+        print(f"{FAILURE}{failure_text(error)}", flush=True)
         failed = True
     if not bpy.app.binary_path:
         # The bpy module: leave before its teardown, which can crash (bpy 4.2 at exit), removing
@@ -209,12 +216,6 @@ def main(job_file: str) -> None:
         os._exit(int(failed))
     if failed:
         raise SystemExit(1)  # Blender exits with it (--python-exit-code covers other exceptions)
-
-
-def _failure_text(error: Exception) -> str:
-    if is_disk_full(error):
-        return disk_full_message(getattr(error, "filename", None))
-    return f"{type(error).__name__}: {error}"
 
 
 def _exit_when_blender_goes_away() -> None:

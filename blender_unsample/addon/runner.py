@@ -19,7 +19,7 @@ from pathlib import Path
 import bpy
 
 from ..engine.protocol import Done, ErrorCode, ErrorEvent, FrameWritten, JobSpec, Progress, WarningEvent
-from .export_process import ExportProcess, JobError, disk_full_message, is_disk_full
+from .export_process import ExportProcess, JobError, failure_text
 from .paths import new_run_folder, strip_folder
 from .preferences import ADDON_ID, GPU_MEMORY_OPTIONS
 from .properties import job_spec, processing_size
@@ -347,9 +347,7 @@ def _describe(error: Exception) -> str:
     """What went wrong, for the panel and the report."""
     if isinstance(error, JobError):
         return str(error)  # written for the user already
-    if is_disk_full(error):
-        return disk_full_message(getattr(error, "filename", None))
-    return f"{type(error).__name__}: {error}"
+    return failure_text(error)
 
 
 def _state() -> bpy.types.PropertyGroup:

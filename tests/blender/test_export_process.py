@@ -281,4 +281,4 @@ def test_a_frame_blender_could_not_write_for_lack_of_space_is_a_full_disk(image_
         exporter.close()
     assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(folder / "frame_000000.png")
     assert list(folder.iterdir()) == [], "no frame, whole or not"
-    assert export_process._failure_text(raised.value) == DISK_FULL.format("frame_000000.png", folder) + " [disk_full]"
+    assert export_process.failure_text(raised.value) == DISK_FULL.format("frame_000000.png", folder) + " [disk_full]"
