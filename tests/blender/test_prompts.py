@@ -13,6 +13,7 @@ from blender_unsample.addon import panel
 from blender_unsample.addon.properties import job_spec
 
 _UI = bpy.types.UILayout.bl_rna
+PROMPT_FIELDS = {"prompt": "Style", "unsample_prompt": "Source"}
 
 
 class OperatorProperties:
@@ -146,6 +147,23 @@ def test_the_source_description_and_its_choices_sit_under_the_style_prompt(image
     assert ("unsample_prompt", None, True) in drawn
     sub_panel = props(draw(panel.SEQUENCER_PT_unsample_prompts, scene))
     assert "unsample_prompt_mode" not in [name for name, _, _ in sub_panel], "not a sub-panel away any more"
+
+
+def test_both_prompts_are_labelled_so_filled_fields_still_say_which_is_which(image_strip):
+    scene = bpy.context.scene
+    drawn = [b for f, b, _ in draw(panel.SEQUENCER_PT_unsample, scene) if b.get("property") in PROMPT_FIELDS]
+    assert [(b["property"], b.get("text")) for b in drawn] == list(PROMPT_FIELDS.items())
+
+
+def test_a_small_cache_is_shown_in_kilobytes_not_as_zero_megabytes(image_strip, monkeypatch):
+    scene = bpy.context.scene
+    monkeypatch.setattr(panel, "cache_usage", lambda folder: 12 * 1024)
+    panel.forget_cache_reading()
+    assert "Unsample cache: 12 KB" in labels(draw(panel.SEQUENCER_PT_unsample, scene))
+    monkeypatch.setattr(panel, "cache_usage", lambda folder: 3 * 2**20)
+    panel.forget_cache_reading()
+    assert "Unsample cache: 3 MB" in labels(draw(panel.SEQUENCER_PT_unsample, scene))
+    panel.forget_cache_reading()
 
 
 def test_an_empty_description_shows_a_hint_that_goes_once_the_footage_is_described(image_strip):
