@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -148,6 +149,7 @@ def test(args: list[str]) -> int:
             [str(python), "-m", "pytest", *targets, *options, f"--junitxml={report}"], cwd=ROOT, env=env
         ).returncode
         if code not in (0, 5):  # 5: this run's selection matched no test
+            print(f"build.py: pytest ({name}) ended with {_exit_reason(code)}", file=sys.stderr, flush=True)
             exit_code = 1
         for key, value in _counts(report).items():
             totals[key] += value
@@ -156,6 +158,17 @@ def test(args: list[str]) -> int:
         exit_code = exit_code or 1
     print(f"\ntests: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
     return exit_code
+
+
+def _exit_reason(code: int) -> str:
+    """Why a pytest process failed, said so a CI log tells a crash from failing tests."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = str(-code)
+    return f"signal {name}: the process died, which no test report counts"
 
 
 def _counts(report: Path) -> dict[str, int]:

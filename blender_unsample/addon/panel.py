@@ -336,5 +336,7 @@ def register() -> None:
 
 
 def unregister() -> None:
+    if bpy.app.timers.is_registered(_redraw_once_reported):
+        bpy.app.timers.unregister(_redraw_once_reported)  # it would call into a disabled add-on
     bpy.types.STATUSBAR_HT_header.remove(draw_status_bar)
     _unregister_classes()

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = "blender_unsample"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_threads_at_exit():
+    """Wait for the add-on's background threads (the worker's doctor report) before Python exits.
+
+    bpy 4.2, Blender as a module, crashes (SIGSEGV) at interpreter exit while a thread of ours or
+    a timer is still alive, after every test has passed. Blender itself quits cleanly.
+    """
+    yield
+    for thread in threading.enumerate():
+        if thread.name.startswith("unsample-"):
+            thread.join(timeout=180)
 
 
 def worker_python() -> str:

@@ -39,3 +39,17 @@ def test_registering_imports_no_torch(empty_scene):
         assert "torch" not in sys.modules
     finally:
         blender_unsample.unregister()
+
+
+def test_disabling_the_add_on_while_the_panel_waits_for_the_worker_leaves_no_timer(addon):
+    """A timer left behind would call into a disabled add-on (and bpy 4.2 crashes on exit with one)."""
+    from blender_unsample.addon import panel, worker
+
+    worker.forget_worker_reports()
+    panel._worker_state()  # the first draw: asks the worker Python in the background
+    assert bpy.app.timers.is_registered(panel._redraw_once_reported)
+    blender_unsample.unregister()
+    try:
+        assert not bpy.app.timers.is_registered(panel._redraw_once_reported)
+    finally:
+        blender_unsample.register()  # the fixture disables it the way Blender does
