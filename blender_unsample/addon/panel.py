@@ -112,11 +112,11 @@ def draw_cache_line(layout: bpy.types.UILayout) -> None:
     if _cache_reading[0] <= 0:
         return
     row = layout.row(align=True)
-    row.label(text=f"Unsample cache: {_size_text(_cache_reading[0])}", icon="FILE_CACHE")
+    row.label(text=f"Unsample cache: {size_text(_cache_reading[0])}", icon="FILE_CACHE")
     row.operator("sequencer.unsample_clear_cache", text="Clear")
 
 
-def _size_text(size: float) -> str:
+def size_text(size: float) -> str:
     """Bytes as the largest unit that keeps a number of at least 1 (a few small entries are KB)."""
     for unit in ("B", "KB", "MB"):
         if size < 1024:

@@ -340,7 +340,7 @@ def test_the_lora_list_and_config_folder_reach_the_job(addon, tmp_path):
     assert [Path(lora.path).name for lora in settings.loras] == ["b.safetensors", "c.safetensors"]
 
 
-def test_a_second_style_reuses_the_cached_unsample_pass_and_the_cache_can_be_cleared(image_strip):
+def test_a_second_style_reuses_the_cached_unsample_pass_and_the_cache_can_be_cleared(image_strip, capfd):
     from blender_unsample.addon.paths import cache_usage
     from blender_unsample.addon.runner import latent_cache_folder
 
@@ -357,8 +357,12 @@ def test_a_second_style_reuses_the_cached_unsample_pass_and_the_cache_can_be_cle
     image_strip.select = True
     assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
     assert "its unsample pass taken from the cache" in state.message
+    size = cache_usage(latent_cache_folder())
+    capfd.readouterr()
     assert bpy.ops.sequencer.unsample_clear_cache() == {"FINISHED"}
     assert cache_usage(latent_cache_folder()) == 0
+    # a few tiny entries are kilobytes: the report says how many, not "0 MB"
+    assert f"Unsample cache cleared: {size / 1024:.0f} KB freed" in capfd.readouterr().out
 
 
 def test_preview_follows_the_scenes_preview_range_when_one_is_set(movie_strip):

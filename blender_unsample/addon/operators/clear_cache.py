@@ -1,6 +1,6 @@
 import bpy
 
-from ..panel import forget_cache_reading
+from ..panel import forget_cache_reading, size_text
 from ..paths import clear_cache
 from ..runner import RUNNER, latent_cache_folder
 
@@ -22,5 +22,5 @@ class SEQUENCER_OT_unsample_clear_cache(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         freed = clear_cache(latent_cache_folder())
         forget_cache_reading()
-        self.report({"INFO"}, f"Unsample cache cleared: {freed / 2**20:.0f} MB freed")
+        self.report({"INFO"}, f"Unsample cache cleared: {size_text(freed)} freed")
         return {"FINISHED"}
