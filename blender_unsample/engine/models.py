@@ -298,8 +298,13 @@ def _check_weights(folder: Path | None, subfolder: str | None, role: str) -> Non
     """Raise the error of the first damaged or unreadable weights file in a model folder, naming it."""
     if folder is None:
         return
-    for file in sorted((folder / subfolder if subfolder else folder).glob("*.safetensors")):
+    where = folder / subfolder if subfolder else folder
+    safetensors = sorted(where.glob("*.safetensors"))
+    for file in safetensors:
         single_file.check_readable(file, f"{role} weights")
+    if not safetensors:  # an older folder, in PyTorch's format: read now only because loading failed
+        for file in sorted(where.glob("*.bin")):
+            single_file.read_state_dict(file, f"{role} weights")
 
 
 def _cached_folder(repo: str) -> Path | None:

@@ -12,7 +12,7 @@ import torch
 from conftest import write_clip
 from formats import animatediff, animatediff_release, ldm_controlnet, ldm_vae, original_checkpoint, prefixed
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from blender_unsample.engine.errors import UnsampleError
 from blender_unsample.engine.models import load_components
@@ -238,6 +238,12 @@ def damaged(role: str, models, tmp_path) -> tuple[dict[str, str], Path]:
         folder = shutil.copytree(models.checkpoint, tmp_path / "checkpoint")
         part = "unet/diffusion_pytorch_model" if role == "checkpoint UNet" else "text_encoder/model"
         return {"model": str(folder)}, cut_short(folder / f"{part}.safetensors")
+    if role == "checkpoint UNet in PyTorch's .bin format":  # as older diffusers folders hold it
+        folder = shutil.copytree(models.checkpoint, tmp_path / "checkpoint")
+        weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        torch.save(load_file(weights), weights.with_suffix(".bin"))
+        weights.unlink()
+        return {"model": str(folder)}, cut_short(weights.with_suffix(".bin"))
     folder = tmp_path / role.replace(" ", "_")
     source = {"motion module": models.motion_adapter, "ControlNet": models.controlnet}.get(role)
     folder = shutil.copytree(source or models.checkpoint / "vae", folder)
@@ -247,7 +253,17 @@ def damaged(role: str, models, tmp_path) -> tuple[dict[str, str], Path]:
     return {field: str(file), "control": "canny" if role == "ControlNet" else "none"}, cut_short(file)
 
 
-@pytest.mark.parametrize("role", ["motion module", "ControlNet", "VAE", "checkpoint UNet", "checkpoint text encoder"])
+@pytest.mark.parametrize(
+    "role",
+    [
+        "motion module",
+        "ControlNet",
+        "VAE",
+        "checkpoint UNet",
+        "checkpoint text encoder",
+        "checkpoint UNet in PyTorch's .bin format",
+    ],
+)
 def test_a_cut_short_file_is_refused_naming_it_and_its_role(role, tiny_models, tmp_path):
     changes, file = damaged(role, tiny_models, tmp_path)
 
