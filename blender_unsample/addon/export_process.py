@@ -22,6 +22,8 @@ from pathlib import Path
 
 import bpy
 
+from ..engine.errors import disk_full_text
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FAILURE = "unsample-export-error: "  # how the export process names what went wrong, on its last line
 PARTIAL = ".partial-frame_*.png"  # a frame being written (see FrameExporter.step)
@@ -45,20 +47,20 @@ def failure_text(error: BaseException) -> str:
 
 
 def disk_full_message(path: str | Path | None) -> str:
-    """The engine's words for a full disk (its ``disk_full`` error), for a file written on this side."""
-    what = f"{Path(path).name} could not be written to {Path(path).parent}" if path else "a file could not be written"
-    return f"the disk is full: {what}; free some space there, then run the job again [disk_full]"
+    """The engine's words for a full disk, with its error code, for a file written on this side."""
+    return f"{disk_full_text(path)} [disk_full]"
 
 
 # Makes the package folder importable as "unsample_export" without running its __init__ files
-# (they would import the whole add-on), then runs main() below.
+# (they would import the whole add-on; engine.errors, used here, needs only the standard library),
+# then runs main() below.
 _BOOTSTRAP = """
 import sys, types
 args = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
-for name, path in (("unsample_export", args[0]), ("unsample_export.addon", args[0] + "/addon")):
-    package = types.ModuleType(name)
-    package.__path__ = [path]
-    sys.modules[name] = package
+for part in ("", ".addon", ".engine"):
+    package = types.ModuleType("unsample_export" + part)
+    package.__path__ = [args[0] + part.replace(".", "/")]
+    sys.modules[package.__name__] = package
 from unsample_export.addon.export_process import main
 main(args[1])
 """

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import bpy
 
-from .compat import STRIP_TYPE, scene_fcurves
+from .compat import STRIP_TYPE, meta_members, scene_fcurves
 
 # What a fingerprint leaves out: where the strip is (checked on its own), and what only the
 # timeline's UI shows. The export renders the strip unmuted wherever it sits, so those don't count.
@@ -21,13 +22,38 @@ NESTING = 8  # deep enough for a curve point in a modifier of a strip inside a m
 
 def fingerprint(strip: bpy.types.Sequence) -> str:
     """A digest of what exporting ``strip`` renders: its settings, media, modifiers, transform,
-    crop, colour and, for a meta strip, its contents, nested values included. Animated values
+    crop, colour and, for a meta strip, its contents, nested values included; and the size and
+    time of each media file, so a file replaced on disk under the same name counts. Animated values
     count by their keyframes, not by the value at the playhead, so scrubbing is no edit. Other
     data-blocks count by name (a scene strip's scene, a mask): edits inside them are not seen."""
     animated = _animation(strip.id_data)
     values: list[tuple[str, object]] = []
     _collect(strip, PLACE | UI_ONLY, animated, "", values, NESTING)
+    values.append(("media files", _media_stamps(strip)))
     return hashlib.sha1(repr(values).encode()).hexdigest()
+
+
+def _media_stamps(strip: bpy.types.Sequence) -> list[tuple[int, int] | None]:
+    """Size and modification time of each file ``strip`` reads (None for one that is missing)."""
+    if strip.type == "META":
+        return [stamp for member in meta_members(strip) for stamp in _media_stamps(member)]
+    library = strip.id_data.library
+    if strip.type == "MOVIE":
+        paths = [bpy.path.abspath(strip.filepath, library=library)]
+    elif strip.type == "IMAGE":
+        folder = bpy.path.abspath(strip.directory, library=library)
+        paths = [os.path.join(folder, element.filename) for element in strip.elements]
+    else:
+        return []
+    return [_stamp(path) for path in paths]
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
 
 
 def _collect(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .protocol import ErrorCode
 
 
@@ -23,3 +25,10 @@ class Cancelled(UnsampleError):
 def first_line(error: BaseException) -> str:
     """The first line of an exception's text (libraries' messages run on), or its class name."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def disk_full_text(path: str | Path | None) -> str:
+    """What to say when ``path`` could not be written for lack of space (the engine's frames, or
+    the export process's files on the Blender side, which imports only this module)."""
+    what = f"{Path(path).name} could not be written to {Path(path).parent}" if path else "a file could not be written"
+    return f"the disk is full: {what}; free some space there, then run the job again"

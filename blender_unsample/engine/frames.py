@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import UnsampleError
+from .errors import UnsampleError, disk_full_text
 from .protocol import ErrorCode
 
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -79,11 +79,8 @@ def write_frame(path: Path, pixels: np.ndarray, size: tuple[int, int] | None = N
     except OSError as error:
         temporary.unlink(missing_ok=True)
         if error.errno == errno.ENOSPC:
-            raise UnsampleError(
-                ErrorCode.DISK_FULL,
-                f"the disk is full: {path.name} could not be written to {path.parent}; free some space there, "
-                "then run the job again (the frames already written are kept)",
-            ) from error
+            message = f"{disk_full_text(path)} (the frames already written are kept)"
+            raise UnsampleError(ErrorCode.DISK_FULL, message) from error
         raise UnsampleError(
             ErrorCode.OUTPUT_NOT_WRITABLE, f"cannot write {path.name} in {path.parent}: {error.strerror or error}"
         ) from error

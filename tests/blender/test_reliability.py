@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import bpy
+import numpy as np
 import pytest
 from conftest import (
     add_image_strip,
@@ -198,6 +199,16 @@ def add_a_modifier(strip):
     add_modifier(bpy.context.scene, strip, "More", "BRIGHT_CONTRAST")
 
 
+def replace_a_file_on_disk(strip):
+    """The first image overwritten under its own name, black, as a re-render from elsewhere would."""
+    first = Path(bpy.path.abspath(strip.directory)) / strip.elements[0].filename
+    image = bpy.data.images.new("re-rendered", 128, 72)
+    image.pixels.foreach_set(np.zeros(128 * 72 * 4, dtype=np.float32))
+    image.filepath_raw, image.file_format = str(first), "PNG"
+    image.save()
+    bpy.data.images.remove(image)
+
+
 @pytest.mark.parametrize(
     "edit",
     [
@@ -207,8 +218,9 @@ def add_a_modifier(strip):
         brighten,
         bend_the_curve,
         add_a_modifier,
+        replace_a_file_on_disk,
     ],
-    ids=["colour", "transform", "crop", "modifier", "curve-point", "new-modifier"],
+    ids=["colour", "transform", "crop", "modifier", "curve-point", "new-modifier", "media-replaced"],
 )
 def test_a_strip_edited_during_its_job_gets_its_result_with_a_warning(
     image_strip, quick_worker, monkeypatch, capfd, edit
