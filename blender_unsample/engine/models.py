@@ -303,7 +303,7 @@ def _check_weights(folder: Path | None, subfolder: str | None, role: str) -> Non
     for file in safetensors:
         single_file.check_readable(file, f"{role} weights")
     if not safetensors:  # an older folder, in PyTorch's format: read now only because loading failed
-        for file in sorted(where.glob("*.bin")):
+        for file in sorted(where.glob("*pytorch_model*.bin")):  # the names diffusers/transformers load
             single_file.read_state_dict(file, f"{role} weights")
 
 
