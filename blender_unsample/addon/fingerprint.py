@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import bpy
 
@@ -33,22 +34,25 @@ def fingerprint(strip: bpy.types.Sequence) -> str:
     return hashlib.sha1(repr(values).encode()).hexdigest()
 
 
+def media_files(strip: bpy.types.Sequence) -> list[Path]:
+    """The files a movie or image strip reads its frames from (none for other kinds of strip)."""
+    library = strip.id_data.library
+    if strip.type == "MOVIE":
+        return [Path(bpy.path.abspath(strip.filepath, library=library))]
+    if strip.type == "IMAGE":
+        folder = Path(bpy.path.abspath(strip.directory, library=library))
+        return [folder / element.filename for element in strip.elements]
+    return []
+
+
 def _media_stamps(strip: bpy.types.Sequence) -> list[tuple[int, int] | None]:
     """Size and modification time of each file ``strip`` reads (None for one that is missing)."""
     if strip.type == "META":
         return [stamp for member in meta_members(strip) for stamp in _media_stamps(member)]
-    library = strip.id_data.library
-    if strip.type == "MOVIE":
-        paths = [bpy.path.abspath(strip.filepath, library=library)]
-    elif strip.type == "IMAGE":
-        folder = bpy.path.abspath(strip.directory, library=library)
-        paths = [os.path.join(folder, element.filename) for element in strip.elements]
-    else:
-        return []
-    return [_stamp(path) for path in paths]
+    return [_stamp(path) for path in media_files(strip)]
 
 
-def _stamp(path: str) -> tuple[int, int] | None:
+def _stamp(path: Path) -> tuple[int, int] | None:
     try:
         status = os.stat(path)
     except OSError:

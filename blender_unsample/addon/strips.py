@@ -8,7 +8,7 @@ from pathlib import Path
 import bpy
 
 from .compat import all_strips, meta_members, top_level_strips
-from .fingerprint import fingerprint
+from .fingerprint import fingerprint, media_files
 
 RESTYLABLE_TYPES = {"MOVIE", "IMAGE", "SCENE", "META"}
 MAX_CHANNEL = 128
@@ -99,16 +99,14 @@ def restylable_reason(strip: bpy.types.Sequence | None) -> str | None:
 
 
 def _missing_media(strip: bpy.types.Sequence) -> str | None:
-    if strip.type == "MOVIE":
-        path = Path(bpy.path.abspath(strip.filepath))
-        return None if path.is_file() else str(path)
-    if strip.type == "IMAGE":
-        folder = Path(bpy.path.abspath(strip.directory))
-        missing = [e.filename for e in strip.elements if not (folder / e.filename).is_file()]
-        return f"{len(missing)} images in {folder}, e.g. {missing[0]}" if missing else None
     if strip.type == "SCENE":
         return None if strip.scene is not None else "no scene"
-    return None
+    missing = [path for path in media_files(strip) if not path.is_file()]
+    if not missing:
+        return None
+    if strip.type == "MOVIE":
+        return str(missing[0])
+    return f"{len(missing)} images in {missing[0].parent}, e.g. {missing[0].name}"
 
 
 def has_strips(scene: bpy.types.Scene) -> bool:
