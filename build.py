@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""Unsample's one task runner. Needs only a Python 3.11 to start; it sets up everything else.
+"""Unsample's one task runner. Needs only a Python (3.11 and 3.13 installed) to start; it sets up the rest.
 
     python3 build.py demo [--tiny] [--out DIR]
                                           the main job: a generated clip restyled in headless Blender
                                           (--tiny: random-weight models, offline, a few CPU minutes)
     python3 build.py bench [--quick]      measure, and write BENCHMARKS.md (--quick: under ten minutes)
     python3 build.py test [PYTEST ARGS]   every test: ruff, the engine, and the Blender side in
-                                          Blender 5.0 and in Blender 4.2 LTS (set-up included)
-    python3 build.py wheels [OPTIONS]     fetch cp311 wheels of the worker's dependencies (pyproject's
-                                          `engine` extra) into wheels/ and list them in the manifest
+                                          Blender 5.0, 5.3 and 4.2 LTS (set-up included)
+    python3 build.py wheels [OPTIONS]     fetch cp311 and cp313 wheels of the worker's dependencies
+                                          (engine/requirements.txt) into wheels/, list them in the manifest
         --platform P [P ...]              windows-x64 linux-x64 macos-arm64 (default: all three)
         --torch-index URL                 take torch from that index too (e.g. a CUDA build's)
         --lite                            leave torch out: the worker Python set in the add-on's
@@ -21,8 +21,10 @@
 Environments (made on first use, reused while their requirements are unchanged):
     .venv            Python 3.11: torch, diffusers, ..., bpy 5.0 (Blender as a module), pytest, ruff
     .venv-blender42  Python 3.11: bpy 4.2 LTS and pytest only; its tests start workers with .venv
+    .venv-blender53  Python 3.13: bpy 5.3 and pytest only; its tests start workers with .venv
+Each is made with the Python its Blender bundles, found on PATH (python3.11, python3.13) or under pyenv.
 
-UNSAMPLE_TEST_RUNS=engine,blender50,blender42 picks which of the three pytest runs `test` makes.
+UNSAMPLE_TEST_RUNS=engine,blender50,blender53,blender42 picks which of the pytest runs `test` makes.
 `zip` uses a `blender` on PATH, else the copy of Blender's extension tool inside the bpy package of the
 Python running build.py, else of .venv.
 """
@@ -58,6 +60,7 @@ RESULTS = ROOT / "build" / "test-results"
 class Environment:
     folder: Path
     requirements: tuple[str, ...]
+    python_version: str  # the Python it is made with: the one the Blender it stands for bundles
 
     @property
     def python(self) -> Path:
@@ -65,22 +68,36 @@ class Environment:
         return self.folder / scripts / ("python.exe" if os.name == "nt" else "python")
 
 
-MAIN_ENV = Environment(ROOT / ".venv", (*EXTRAS["engine"], *EXTRAS["test"]))
-BLENDER42_ENV = Environment(ROOT / ".venv-blender42", tuple(EXTRAS["test-blender42"]))
+def read_requirements(path: Path) -> list[str]:
+    """A requirements file's lines, without comments and blank lines (markers kept)."""
+    lines = (line.split(" #", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
-def find_python311() -> str:
-    """bpy wheels exist only for Python 3.11 (the Python Blender 4.2 to 5.0 bundle)."""
-    if sys.version_info[:2] == (3, 11):
+WORKER_REQUIREMENTS = ROOT / "blender_unsample" / "engine" / "requirements.txt"
+ENGINE = read_requirements(WORKER_REQUIREMENTS)
+MAIN_ENV = Environment(ROOT / ".venv", (*ENGINE, *EXTRAS["test"]), "3.11")
+BLENDER42_ENV = Environment(ROOT / ".venv-blender42", tuple(EXTRAS["test-blender42"]), "3.11")
+BLENDER53_ENV = Environment(ROOT / ".venv-blender53", tuple(EXTRAS["test-blender53"]), "3.13")
+# Where build.py looks for a Python of a given version, after the one running it: PATH, then pyenv.
+PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+
+
+def find_python(version: str) -> str:
+    """A Python of ``version`` ("3.11"): this one, `pythonX.Y` or `python3` on PATH, or pyenv's."""
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
         return sys.executable
-    for name in ("python3.11", "python3"):
-        found = shutil.which(name)
-        if (
-            found
-            and subprocess.run([found, "-c", "import sys; assert sys.version_info[:2] == (3, 11)"]).returncode == 0
-        ):
+    candidates = [shutil.which(f"python{version}"), shutil.which("python3")]
+    candidates += [str(p) for p in sorted(PYENV_VERSIONS.glob(f"{version}.*/bin/python{version}"), reverse=True)]
+    check = f"import sys; assert '%d.%d' % sys.version_info[:2] == {version!r}"
+    for found in filter(None, candidates):
+        if subprocess.run([found, "-c", check], capture_output=True).returncode == 0:
             return found
-    sys.exit("build.py: Python 3.11 is needed (bpy, Blender as a module, exists only for it); none found on PATH")
+    sys.exit(
+        f"build.py: Python {version} is needed (Blender's own Python: 3.11 in Blender 4.2-5.0, 3.13 in 5.1-5.3) "
+        f"and none was found on PATH (python{version}) or under {PYENV_VERSIONS}. Install it, e.g. "
+        f"`pyenv install {version}` or your system's python{version} package, and run build.py again."
+    )
 
 
 def ensure_environment(env: Environment) -> Path:
@@ -91,7 +108,7 @@ def ensure_environment(env: Environment) -> Path:
         return env.python
     if not env.python.exists():
         print(f"build.py: creating {env.folder.name}", flush=True)
-        run([find_python311(), "-m", "venv", str(env.folder)])
+        run([find_python(env.python_version), "-m", "venv", str(env.folder)])
     pip = [str(env.python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     # torch goes first and alone: pinned, it takes the CPU wheel on this machine's disk instead of
     # letting another package pull a multi-GB CUDA build.
@@ -116,30 +133,56 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 # --- test ----------------------------------------------------------------------------------------
 
+# The pytest runs `test` makes, in order, with what each runs by default. Blender 5.0 (the newest on
+# Python 3.11, in .venv with torch) and 5.3 (the newest, Python 3.13) run the whole Blender suite.
+# 4.2 LTS, the oldest, runs what touches the API that differs before 4.4 (`Sequence`, `sequences`,
+# actions without layers: addon/compat.py): registration, the installed zip, every kind of strip
+# restyled, the export process, edits and keyframes noticed mid-job, and every panel drawn.
+BLENDER = "tests/blender"
+TEST_RUNS: dict[str, tuple[str, ...]] = {
+    "engine": ("tests", f"--ignore={BLENDER}"),
+    "blender50": (BLENDER,),
+    "blender53": (BLENDER,),
+    "blender42": (
+        f"{BLENDER}/test_registration.py",
+        f"{BLENDER}/test_package.py",
+        f"{BLENDER}/test_restyle.py",
+        f"{BLENDER}/test_export_process.py::test_the_exported_frames_follow_the_strip_wherever_the_playhead_is",
+        f"{BLENDER}/test_reliability.py::test_a_strip_edited_during_its_job_gets_its_result_with_a_warning",
+        f"{BLENDER}/test_reliability.py::test_a_changed_keyframe_is_an_edit",
+        f"{BLENDER}/test_prompts.py::test_every_panel_draws_without_errors",
+    ),
+}
+
 
 def test(args: list[str]) -> int:
     main_python = ensure_environment(MAIN_ENV)
-    runs = os.environ.get("UNSAMPLE_TEST_RUNS", "engine,blender50,blender42").split(",")
-    blender42_python = ensure_environment(BLENDER42_ENV) if "blender42" in runs else None
+    runs = os.environ.get("UNSAMPLE_TEST_RUNS", ",".join(TEST_RUNS)).split(",")
+    if unknown := set(runs) - set(TEST_RUNS):
+        sys.exit(f"build.py: no test run named {', '.join(sorted(unknown))}; the runs are {', '.join(TEST_RUNS)}")
+    pythons = {"engine": main_python, "blender50": main_python}
+    for name, env in (("blender42", BLENDER42_ENV), ("blender53", BLENDER53_ENV)):
+        if name in runs:
+            pythons[name] = ensure_environment(env)
 
     run([str(main_python), "-m", "ruff", "check", "."], cwd=ROOT)
     run([str(main_python), "-m", "ruff", "format", "--check", "--quiet", "."], cwd=ROOT)
 
     paths = [a for a in args if (ROOT / a.split("::")[0]).exists() and not a.startswith("-")]
     options = [a for a in args if a not in paths]
-    blender_paths = [p for p in paths if Path(p).parts[:2] == ("tests", "blender")]
+    blender_paths = [p for p in paths if Path(p).parts[:2] == Path(BLENDER).parts]
     engine_paths = [p for p in paths if p not in blender_paths]
     env = dict(os.environ, HF_HUB_OFFLINE="1", UNSAMPLE_TEST_WORKER_PYTHON=str(main_python))
 
     plan = [
-        ("engine", main_python, engine_paths or ["tests", "--ignore=tests/blender"]),
-        ("blender50", main_python, blender_paths or ["tests/blender"]),
-        ("blender42", blender42_python, blender_paths or ["tests/blender"]),
+        (name, (engine_paths if name == "engine" else blender_paths) or list(targets))
+        for name, targets in TEST_RUNS.items()
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     totals = {"passed": 0, "failed": 0, "skipped": 0}
     exit_code = 0
-    for name, python, targets in plan:
+    for name, targets in plan:
+        python = pythons.get(name)
         if name not in runs or (paths and not (engine_paths if name == "engine" else blender_paths)):
             continue
         report = RESULTS / f"{name}.xml"
@@ -196,18 +239,23 @@ class Platform:
     platform_system: str
     platform_machine: str
 
-    @property
-    def markers(self) -> dict[str, str]:
-        """The environment markers (`; sys_platform == "win32"`) of Blender's Python 3.11 there."""
+    def markers(self, python: str) -> dict[str, str]:
+        """The environment markers (`; sys_platform == "win32"`) of Blender's Python ``python`` there."""
         return {
             "sys_platform": self.sys_platform,
             "platform_system": self.platform_system,
             "platform_machine": self.platform_machine,
             "os_name": "nt" if self.sys_platform == "win32" else "posix",
-            "python_version": "3.11",
-            "python_full_version": "3.11.9",  # Blender 4.2's
+            "python_version": python,
+            "python_full_version": BLENDER_PYTHONS[python],
             "implementation_name": "cpython",
         }
+
+
+# The Pythons Blender bundles: 3.11 in 4.2 LTS to 5.0, 3.13 from 5.1. Each zip carries wheels for both;
+# Blender installs those whose tags fit its own Python (pure-Python and abi3 wheels serve both, once).
+# The full versions only feed `python_full_version` markers: 4.2's 3.11.9, and the lowest 3.13.
+BLENDER_PYTHONS = {"3.11": "3.11.9", "3.13": "3.13.0"}
 
 
 # Blender 4.2 to 5.0 on Linux need glibc 2.28, so every manylinux wheel from 2.17 (manylinux2014) up
@@ -239,7 +287,7 @@ runpy.run_module("pip", run_name="__main__", alter_sys=True)
 def wheels(args: list[str]) -> int:
     options = _wheels_parser().parse_args(args)
     options.platform = list(dict.fromkeys(options.platform))
-    requirements = options.requirements or list(EXTRAS["engine"])
+    requirements = options.requirements or list(ENGINE)
     if options.lite:
         requirements = [r for r in requirements if _name(r) not in LEFT_OUT_WHEN_LITE]
     sources = _pip_sources(options)
@@ -253,12 +301,13 @@ def wheels(args: list[str]) -> int:
     # 14.0 one). Where a pinned version has no wheel for a platform at all, this stops and names the
     # platform rather than falling back to another version: a version the tests never ran would ship.
     for platform in options.platform:
-        found = _resolve(platform, requirements, sources, scratch)
-        keep = _needed(found, {_name(r) for r in requirements}, LEFT_OUT_WHEN_LITE if options.lite else set())
-        pins = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in keep]
-        download = ["download", "--no-deps", "--quiet", "--dest", str(scratch / "wheels"), *pins]
-        _pip(platform, download, sources, scratch)
-        print(f"build.py: {platform}: {len(pins)} wheels", flush=True)
+        for python in BLENDER_PYTHONS:
+            found = _resolve(platform, python, requirements, sources, scratch)
+            keep = _needed(found, {_name(r) for r in requirements}, LEFT_OUT_WHEN_LITE if options.lite else set())
+            pins = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in keep]
+            download = ["download", "--no-deps", "--quiet", "--dest", str(scratch / "wheels"), *pins]
+            _pip(platform, python, download, sources, scratch)
+            print(f"build.py: {platform}, Python {python}: {len(pins)} wheels", flush=True)
     names = _replace_wheels(sorted((scratch / "wheels").glob("*.whl")))
     write_manifest_lists(options.platform, names)
     shutil.rmtree(scratch)
@@ -272,7 +321,7 @@ def _wheels_parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch-index", metavar="URL", help="an index to take torch from (e.g. a CUDA build's)")
     parser.add_argument("--lite", action="store_true", help="leave torch out: the worker Python brings its own")
     parser.add_argument("--wheelhouse", metavar="DIR", type=Path, help="offline: take wheels only from DIR")
-    parser.add_argument("--requirements", nargs="+", metavar="REQ", help="instead of pyproject's engine extra")
+    parser.add_argument("--requirements", nargs="+", metavar="REQ", help="instead of engine/requirements.txt")
     return parser
 
 
@@ -288,12 +337,12 @@ def _pip_sources(options: argparse.Namespace) -> list[str]:
     return ["--extra-index-url", options.torch_index] if options.torch_index else []
 
 
-def _resolve(platform: str, requirements: list[str], sources: list[str], scratch: Path) -> list[dict]:
-    """What pip would install for that platform's Blender Python: its report, no download."""
-    report = scratch / f"{platform}.json"
+def _resolve(platform: str, python: str, requirements: list[str], sources: list[str], scratch: Path) -> list[dict]:
+    """What pip would install for Blender's Python ``python`` on that platform: its report, no download."""
+    report = scratch / f"{platform}-{python}.json"
     # --target only because pip refuses --platform without it; a dry run writes nothing there.
     install = ["install", "--dry-run", "--ignore-installed", "--quiet", "--target", str(scratch / "target")]
-    _pip(platform, [*install, "--report", str(report), *requirements], sources, scratch)
+    _pip(platform, python, [*install, "--report", str(report), *requirements], sources, scratch)
     return json.loads(report.read_text(encoding="utf-8"))["install"]
 
 
@@ -317,17 +366,19 @@ def _needed(found: list[dict], roots: set[str], left_out: set[str]) -> list[dict
     return [item for name, item in by_name.items() if name in needed or not left_out]
 
 
-def _pip(platform: str, args: list[str], sources: list[str], scratch: Path) -> None:
+def _pip(platform: str, python: str, args: list[str], sources: list[str], scratch: Path) -> None:
     target = PLATFORMS[platform]
     tags = [f"--platform={tag}" for tag in target.pip_tags]
-    binary = ["--only-binary=:all:", "--python-version=3.11", "--implementation=cp", "--abi=cp311", *tags]
+    cp = "cp" + python.replace(".", "")
+    binary = ["--only-binary=:all:", f"--python-version={python}", "--implementation=cp", f"--abi={cp}", *tags]
     command, *rest = args
-    pip = [_pip_python(), str(scratch / "pip_for_target.py"), json.dumps(target.markers), command]
+    pip = [_pip_python(), str(scratch / "pip_for_target.py"), json.dumps(target.markers(python)), command]
     pip.append("--disable-pip-version-check")
     if subprocess.run([*pip, *binary, *sources, *rest]).returncode != 0:
         sys.exit(
-            f"build.py wheels: pip found no set of cp311 wheels for {platform} (its message is above). If a pinned"
-            " version has no wheel there, leave the platform out (--platform) or change the pin in pyproject.toml"
+            f"build.py wheels: pip found no set of {cp} wheels for {platform} (its message is above). If a pinned"
+            " version has no wheel there, leave the platform out (--platform) or change the pin (with a"
+            f" python_version marker where the two Pythons need different ones) in {WORKER_REQUIREMENTS.name}"
         )
 
 

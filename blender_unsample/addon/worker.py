@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import queue
@@ -115,7 +116,10 @@ class Worker:
             self.process.stdin.write("cancel\n")
             self.process.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
-            pass  # already gone
+            # Already gone. Close the pipe now: left open, the unsent line would be flushed again when
+            # the pipe is collected, raising where nobody can catch it.
+            with contextlib.suppress(OSError, ValueError):
+                self.process.stdin.close()
 
     def kill(self) -> None:
         if self.process.poll() is None:

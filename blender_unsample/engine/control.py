@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,61 +10,127 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Canny thresholds on the Sobel magnitude of [0, 1] intensities: the ControlNet annotator's
-# 100 and 200 on a 0-255 scale with the same kernel.
-CANNY_LOW, CANNY_HIGH = 0.4, 0.8
+# The canny ControlNets (lllyasviel's control_v11p_sd15_canny, diffusers' SDXL canny) were trained on
+# edge maps from OpenCV's cv2.Canny(rgb_uint8, 100, 200): thresholds on the L1 Sobel magnitude of 8-bit
+# levels. canny_edges reproduces that algorithm step for step, so that the hints look like the ones
+# the models saw.
+CANNY_LOW, CANNY_HIGH = 100, 200
+
+# The thinning step sorts gradient directions with integer tangents, as OpenCV does: tan(22.5 deg) in
+# 15-bit fixed point. The same rounding decides the same pixels on the boundaries between sectors.
+_SHIFT = 15
+_TAN_22 = round(0.41421356237309503 * (1 << _SHIFT))
 
 
 def canny_edges(rgb: torch.Tensor, low: float = CANNY_LOW, high: float = CANNY_HIGH) -> torch.Tensor:
-    """Canny edge maps, (N, 3, H, W) in {0, 1}, from RGB frames (N, 3, H, W) in [0, 1]."""
-    gray = (rgb * torch.tensor([0.299, 0.587, 0.114], device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)).sum(
-        1, keepdim=True
-    )
-    gray = _gaussian_blur(gray, sigma=1.4)
-    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=rgb.device, dtype=rgb.dtype)
-    padded = F.pad(gray, (1, 1, 1, 1), mode="replicate")
-    gx = F.conv2d(padded, sobel.view(1, 1, 3, 3))
-    gy = F.conv2d(padded, sobel.t().reshape(1, 1, 3, 3))
-    magnitude = torch.hypot(gx, gy)
+    """Canny edge maps, (N, 3, H, W) in {0, 1}, from RGB frames (N, 3, H, W) in [0, 1].
 
-    # Non-maximum suppression along the gradient, quantised to 0, 45, 90 and 135 degrees.
-    angle = torch.rad2deg(torch.atan2(gy, gx)) % 180
-    sector = (((angle + 22.5) // 45) % 4).long()
-    offsets = ((0, 1), (1, 1), (1, 0), (1, -1))  # (row, column) step along the gradient per sector
-    padded_magnitude = F.pad(magnitude, (1, 1, 1, 1))
+    The frames are taken as 8-bit levels, as the annotator reads them; ``low`` and ``high`` are on
+    that 0-255 scale. Each step is OpenCV's: 3x3 Sobel with replicated borders, per pixel the channel
+    with the largest L1 magnitude |gx| + |gy| (OpenCV's rule for colour input), non-maximum
+    suppression along four directions, hysteresis over 8-connected pixels.
+    """
+    levels = (rgb.detach().float().clamp(0, 1) * 255).round().to(torch.int32)
+    gx, gy = _sobel(levels)
+    magnitude = gx.abs() + gy.abs()
+    # Per pixel, the channel of largest magnitude, the first one on ties (argmax returns the first).
+    channel = magnitude.argmax(dim=1, keepdim=True)
+    magnitude, gx, gy = (t.gather(1, channel) for t in (magnitude, gx, gy))
+
+    # OpenCV swaps thresholds given the wrong way round and floors them; magnitudes must exceed them.
+    low, high = sorted((math.floor(low), math.floor(high)))
+    candidate = (magnitude > low) & _is_local_maximum(magnitude, gx, gy)
+    strong = candidate & (magnitude > high)
+    edges = _hysteresis(candidate, strong)
+    return edges.to(rgb.dtype if rgb.is_floating_point() else torch.float32).expand(-1, 3, -1, -1).contiguous()
+
+
+def _sobel(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """3x3 Sobel derivatives along x and y, exact in integers, borders replicated."""
+    p = F.pad(levels.float(), (1, 1, 1, 1), mode="replicate").to(torch.int32)
+    # Smoothing [1, 2, 1] across the derivative's direction, central difference along it.
+    rows = p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]
+    columns = p[..., :, :-2] + 2 * p[..., :, 1:-1] + p[..., :, 2:]
+    return rows[..., 2:] - rows[..., :-2], columns[..., 2:, :] - columns[..., :-2, :]
+
+
+def _is_local_maximum(magnitude: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+    """Non-maximum suppression as OpenCV does it: outside the image the magnitude is 0; a pixel must
+    beat its neighbour before it (left, above) and at least equal the one after it, and on diagonals
+    beat both, so that a plateau two pixels wide keeps one of them."""
     height, width = magnitude.shape[-2:]
-    keep = torch.zeros_like(magnitude, dtype=torch.bool)
-    for index, (dy, dx) in enumerate(offsets):
-        ahead = padded_magnitude[..., 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-        behind = padded_magnitude[..., 1 - dy : 1 - dy + height, 1 - dx : 1 - dx + width]
-        keep |= (sector == index) & (magnitude >= ahead) & (magnitude >= behind)
-    thin = magnitude * keep
+    padded = F.pad(magnitude, (1, 1, 1, 1))
 
-    # Hysteresis: weak edges survive only where connected to a strong one.
-    weak = thin >= low
-    edges = thin >= high
-    for _ in range(max(height, width)):
-        grown = weak & (F.max_pool2d(edges.to(rgb.dtype), 3, stride=1, padding=1) > 0)
-        if torch.equal(grown, edges):
+    def neighbour(dy: int, dx: int) -> torch.Tensor:
+        return padded[..., 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+
+    ax, ay = gx.abs().long(), gy.abs().long() << _SHIFT
+    tan22 = ax * _TAN_22
+    tan67 = tan22 + (ax << (_SHIFT + 1))
+    horizontal = ay < tan22
+    vertical = ~horizontal & (ay > tan67)
+    diagonal = ~horizontal & ~vertical
+    # Gradient components of the same sign point down-right (y grows downwards): compare along the
+    # main diagonal; of opposite signs, along the other one.
+    same_sign = (gx < 0) == (gy < 0)
+    along_x = (magnitude > neighbour(0, -1)) & (magnitude >= neighbour(0, 1))
+    along_y = (magnitude > neighbour(-1, 0)) & (magnitude >= neighbour(1, 0))
+    main_diagonal = (magnitude > neighbour(-1, -1)) & (magnitude > neighbour(1, 1))
+    anti_diagonal = (magnitude > neighbour(-1, 1)) & (magnitude > neighbour(1, -1))
+    return (
+        (horizontal & along_x)
+        | (vertical & along_y)
+        | (diagonal & torch.where(same_sign, main_diagonal, anti_diagonal))
+    )
+
+
+def _hysteresis(candidate: torch.Tensor, strong: torch.Tensor) -> torch.Tensor:
+    """The candidates 8-connected (through candidates) to a strong pixel.
+
+    Works on the candidates alone (a small share of the pixels) and finds their connected components
+    as parallel union-find does: each candidate points to a smaller one of its component; every round,
+    the least pointer around a candidate is also handed to the candidate it points to (so whole trees
+    merge at once), then pointers are followed to their ends. A long edge chain takes about
+    log(length) rounds, not one per pixel as growing the edges from the strong pixels would.
+    """
+    n, _, height, width = candidate.shape
+    where = candidate[:, 0].nonzero()  # (K, 3): image, row, column
+    count = where.shape[0]
+    # Each candidate's number at its place, -1 elsewhere and on a border that keeps neighbours in the image.
+    number = torch.full((n, height + 2, width + 2), -1, dtype=torch.long, device=candidate.device)
+    image, row, column = where.unbind(1)
+    number[image, row + 1, column + 1] = torch.arange(count, device=candidate.device)
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    neighbours = torch.stack([number[image, row + 1 + dy, column + 1 + dx] for dy, dx in offsets], dim=1)
+    neighbours = torch.where(neighbours >= 0, neighbours, torch.arange(count, device=candidate.device)[:, None])
+
+    parent = torch.arange(count, device=candidate.device)
+    while True:
+        least = parent[neighbours].amin(dim=1)
+        updated = parent.scatter_reduce(0, parent, least, reduce="amin")  # hook the tree onto the neighbour's
+        updated = torch.minimum(updated, least)
+        while True:  # follow the pointers to the roots
+            jumped = updated[updated]
+            if torch.equal(jumped, updated):
+                break
+            updated = jumped
+        if torch.equal(updated, parent):
             break
-        edges = grown
-    return edges.to(rgb.dtype).expand(-1, 3, -1, -1).contiguous()
-
-
-def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, round(2 * sigma))
-    x = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    image = F.pad(image, (radius, radius, radius, radius), mode="reflect")
-    image = F.conv2d(image, kernel.view(1, 1, 1, -1))
-    return F.conv2d(image, kernel.view(1, 1, -1, 1))
+        parent = updated
+    has_strong = torch.zeros(count, dtype=torch.bool, device=candidate.device)
+    has_strong[parent[strong[image, 0, row, column]]] = True
+    edges = torch.zeros_like(candidate)
+    edges[image, 0, row, column] = has_strong[parent]
+    return edges
 
 
 def make_hints(kind: str, rgb: np.ndarray) -> np.ndarray:
     """Hint images for a ControlNet, uint8 (N, H, W, 3), from uint8 RGB frames (N, H, W, 3)."""
     if kind == "tile":
-        return rgb  # the tile ControlNet is conditioned on the frame itself
+        # The frame itself, at the processing size: the tile ControlNets learned to rebuild detail from
+        # a degraded (blurred or down- and up-scaled) copy of the picture, and their reference
+        # pipelines feed the image resized to the output size, nothing more.
+        return rgb
     if kind == "canny":
         frames = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255
         return (canny_edges(frames) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

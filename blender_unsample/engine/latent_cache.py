@@ -35,7 +35,7 @@ UNSAMPLE_SETTINGS = (
     "control_in_unsample", "vae_tiling",
 )  # fmt: skip
 _CONTROL_SETTINGS = ("control", "controlnet", "controlnet_strength", "control_start", "control_end")
-_VERSION = 1  # bump when the unsample pass changes what it computes
+_VERSION = 2  # bump when the unsample pass changes what it computes (2: SDXL zero uncond, OpenCV canny)
 
 
 def cache_key(spec: JobSpec, frames: Iterable[Path], size: tuple[int, int], placement: Placement) -> str:

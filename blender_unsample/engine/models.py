@@ -36,6 +36,8 @@ class Components:
     controlnet: Any | None
     motion: bool
     context_limit: int | None = None  # Hotshot-XL's motion layers saw 8 frames at once
+    # SDXL: the pipeline config's force_zeros_for_empty_prompt (an absent negative prompt is zeros).
+    zero_empty_negative: bool = False
 
     @property
     def vae_scale_factor(self) -> int:
@@ -75,8 +77,9 @@ def load_components(
         if model is not None:
             model.eval().requires_grad_(False)
     return Components(
-        spec.family, tokenizers, text_encoders, unet, vae, scheduler, controlnet, motion is not None, context_limit
-    )
+        spec.family, tokenizers, text_encoders, unet, vae, scheduler, controlnet, motion is not None, context_limit,
+        zero_empty_negative=spec.family == "sdxl" and forces_zeros_for_empty_prompt(loader.pipeline_config),
+    )  # fmt: skip
 
 
 def _motion_unet(unet: Any, motion: Any, spec: JobSpec) -> tuple[Any, int | None]:
@@ -97,6 +100,7 @@ class _Loader:
         self.spec = spec
         self.dtype = dtype
         self.on_download = on_download
+        self.pipeline_config = spec.model  # the folder or repo whose model_index.json goes with the checkpoint
 
     def _load(self, cls: Any, source: str, subfolder: str | None, role: str, **kwargs: Any) -> Any:
         allowed = self.spec.allow_download
@@ -115,6 +119,7 @@ class _Loader:
                 spec.model, spec.config or None, allow_download=spec.allow_download, dtype=self.dtype,
                 vae_dtype=torch.float32,  # its precision is decided in vae(), from its config
             )  # fmt: skip
+            self.pipeline_config = str(loaded.config)
             tokenizers = [loaded.tokenizer, *([loaded.tokenizer_2] if spec.family == "sdxl" else [])]
             encoders = [loaded.text_encoder, *([loaded.text_encoder_2] if spec.family == "sdxl" else [])]
             return tokenizers, encoders, loaded.unet, loaded.scheduler, loaded.vae
@@ -194,6 +199,19 @@ class _Loader:
         config = self._config(MotionAdapter, spec.motion_adapter, None, "motion module")
         families.check_motion_adapter(spec.motion_adapter, config, spec.model, unet_config)
         return self._load(MotionAdapter, spec.motion_adapter, None, "motion module", torch_dtype=self.dtype)
+
+
+def forces_zeros_for_empty_prompt(source: str) -> bool:
+    """An SDXL pipeline's ``force_zeros_for_empty_prompt``, from the model_index.json of a diffusers
+    folder or a cached Hub repo; where there is none, or it does not say, diffusers' default for the
+    SDXL and AnimateDiff-SDXL pipelines: True."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        config = DiffusionPipeline.load_config(str(Path(source).expanduser()), local_files_only=True)
+    except (OSError, ValueError):  # no model_index.json, or not a readable one
+        return True
+    return bool(config.get("force_zeros_for_empty_prompt", True))
 
 
 def _config_beside(path: str) -> str | None:

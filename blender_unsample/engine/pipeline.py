@@ -93,13 +93,15 @@ def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Even
             job.residency = Residency(placement.device, spec.cpu_offload)
             job.residency.place(components.text_encoders)
 
-            def encode(text: str) -> Conditioning:
+            def encode(text: str, negative: bool = False) -> Conditioning:
                 return encode_prompt(
-                    components.tokenizers, components.text_encoders, text, placement.device, size, job.warn
-                )
+                    components.tokenizers, components.text_encoders, text, placement.device, size, job.warn,
+                    zeros_if_empty=negative and components.zero_empty_negative,
+                )  # fmt: skip
 
             with job.residency.phase(*components.text_encoders):
-                negative = encode(spec.negative_prompt)
+                # The uncond of both passes, as diffusers' SDXL pipelines make it for each prompt.
+                negative = encode(spec.negative_prompt, negative=True)
                 unsample_guidance = Guidance(encode(spec.source_prompt), negative, spec.unsample_cfg)
                 style_guidance = Guidance(encode(spec.prompt), negative, spec.cfg)
             components.text_encoders = []

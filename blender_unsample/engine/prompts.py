@@ -17,8 +17,18 @@ def encode_prompt(
     device: torch.device,
     size: tuple[int, int],
     warn: Callable[[str], None] | None = None,
+    *,
+    zeros_if_empty: bool = False,
 ) -> Conditioning:
-    """The conditioning for ``prompt``; ``size`` (width, height) feeds SDXL's size conditioning."""
+    """The conditioning for ``prompt``; ``size`` (width, height) feeds SDXL's size conditioning.
+
+    ``zeros_if_empty``: a blank prompt gives zero states and zero pooled text (the size conditioning
+    stays). diffusers' SDXL and AnimateDiff-SDXL pipelines put exactly that in the unconditional
+    branch when no negative prompt is given and the model's ``force_zeros_for_empty_prompt`` is set
+    (SDXL's trainer zeroes a dropped caption's embeddings rather than encoding "").
+    """
+    if zeros_if_empty and not prompt.strip():  # CLIP's tokenizer reads a blank prompt as ""
+        return _zeros(tokenizers, text_encoders, device, size)
     if len(text_encoders) == 1:
         ids = _token_ids(tokenizers[0], prompt, warn)
         embeds = text_encoders[0](ids.to(device), return_dict=False)[0]
@@ -31,12 +41,30 @@ def encode_prompt(
         output = encoder(ids.to(device), output_hidden_states=True)
         states.append(output.hidden_states[-2])
         pooled = output[0]
-    width, height = size
-    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=device)
     return Conditioning(
         torch.cat(states, dim=-1).to(torch.float32),
-        {"text_embeds": pooled.to(torch.float32), "time_ids": time_ids},
+        {"text_embeds": pooled.to(torch.float32), "time_ids": _time_ids(size, device)},
     )
+
+
+def _zeros(
+    tokenizers: Sequence[Any], text_encoders: Sequence[Any], device: torch.device, size: tuple[int, int]
+) -> Conditioning:
+    """All-zero conditioning of the shapes the encoders give: one token row per position of the
+    first tokenizer, each encoder's hidden width side by side; SDXL's pooled text is the second
+    encoder's projection."""
+    tokens = tokenizers[0].model_max_length
+    width = sum(encoder.config.hidden_size for encoder in text_encoders)
+    embeds = torch.zeros(1, tokens, width, dtype=torch.float32, device=device)
+    if len(text_encoders) == 1:
+        return Conditioning(embeds)
+    pooled = torch.zeros(1, text_encoders[-1].config.projection_dim, dtype=torch.float32, device=device)
+    return Conditioning(embeds, {"text_embeds": pooled, "time_ids": _time_ids(size, device)})
+
+
+def _time_ids(size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    width, height = size
+    return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=device)
 
 
 def _token_ids(tokenizer: Any, prompt: str, warn: Callable[[str], None] | None) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""Tests in real Blender (the bpy module): 5.0 in .venv, 4.2 LTS in .venv-blender42.
+"""Tests in real Blender (the bpy module): 5.0 in .venv, 5.3 in .venv-blender53, 4.2 LTS in .venv-blender42.
 
-The 4.2 environment has no torch: its jobs run on the worker Python build.py names in
+The 4.2 and 5.3 environments have no torch: their jobs run on the worker Python build.py names in
 UNSAMPLE_TEST_WORKER_PYTHON (.venv's), as a user's existing torch environment would be used.
 """
 

@@ -1,6 +1,9 @@
 """The packaged extension: `build.py wheels` and `build.py zip` on a copy of the repository, then the
 zip installed and enabled by Blender's own extension system in a fresh Blender with its user folders
-in a temporary directory. Offline: the only bundled wheel is a throwaway one written here.
+in a temporary directory. It runs in every Blender the suite runs in (4.2, 5.0, 5.3), each building,
+validating and installing with its own extension tool. Offline: the bundled wheels are throwaway ones
+written here: one pure-Python wheel, and one wheel per Blender Python (cp311 for 4.2-5.0, cp313 for
+5.1+), as numpy's are, of which Blender must install only the one for its own Python.
 
 Run as a script (`python test_package.py ZIP USER_DIR`), this file is that fresh Blender's side.
 """
@@ -20,8 +23,11 @@ import pytest
 from conftest import add_image_strip, strips_of, video_scene, worker_python, write_frames
 
 ROOT = Path(__file__).resolve().parents[2]
-PROBE = "unsample_probe"  # the throwaway package inside the bundled wheel
+PROBE = "unsample_probe"  # the throwaway package inside the bundled pure-Python wheel
 PROBE_WHEEL = f"{PROBE}-1.0-py3-none-any.whl"
+NATIVE = "unsample_native"  # one wheel per Python, like a compiled package's
+NATIVE_WHEELS = {f"{NATIVE}-1.0-{tag}-{tag}-manylinux_2_17_x86_64.whl": tag for tag in ("cp311", "cp313")}
+BLENDER_PYTHON = f"cp{sys.version_info.major}{sys.version_info.minor}"  # the Python of the Blender under test
 MODULE = "bl_ext.user_default.unsample"  # the extension's package name once installed
 USER_FOLDERS = ("CONFIG", "SCRIPTS", "DATAFILES", "EXTENSIONS")
 
@@ -36,10 +42,12 @@ def package(tmp_path_factory, tiny_models) -> dict:
     repo = copy_repository(tmp / "repo")
     (repo / "wheels" / "stale-0.1-py3-none-any.whl").write_bytes(b"from an earlier run")
     wheelhouse = tmp / "wheelhouse"
-    write_probe_wheel(wheelhouse)
+    write_wheel(wheelhouse / PROBE_WHEEL, PROBE, "VALUE = 42\n")
+    for name, tag in NATIVE_WHEELS.items():
+        write_wheel(wheelhouse / name, NATIVE, f"PYTHON = {tag!r}\n")
     build = [sys.executable, str(repo / "build.py")]
     fetch = ["wheels", "--wheelhouse", str(wheelhouse), "--platform", "linux-x64", "--lite"]
-    run([*build, *fetch, "--requirements", f"{PROBE}==1.0"], repo)
+    run([*build, *fetch, "--requirements", f"{PROBE}==1.0", f"{NATIVE}==1.0"], repo)
     run([*build, "zip"], repo)
     zips = sorted((repo / "dist").glob("*.zip"))
     installed = install_in_fresh_blender(zips[0], tmp / "user", tiny_models) if len(zips) == 1 else {}
@@ -61,21 +69,25 @@ def copy_repository(target: Path) -> Path:
     return target
 
 
-def write_probe_wheel(folder: Path) -> Path:
-    """A minimal pure-Python wheel, written by hand: no build tools, no network."""
-    info = f"{PROBE}-1.0.dist-info"
+def write_wheel(path: Path, package: str, source: str) -> Path:
+    """A minimal wheel holding one module, written by hand (no build tools, no network); its tags are
+    the file name's."""
+    name, version, python, abi, platform = path.stem.split("-")
+    info = f"{name}-{version}.dist-info"
+    pure = str(platform == "any").lower()
     files = {
-        f"{PROBE}/__init__.py": "VALUE = 42\n",
-        f"{info}/METADATA": "Metadata-Version: 2.1\nName: unsample-probe\nVersion: 1.0\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test_package\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{package}/__init__.py": source,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n",
+        f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: test_package\nRoot-Is-Purelib: {pure}\n"
+        f"Tag: {python}-{abi}-{platform}\n",
     }
     record = [f"{name},sha256={_digest(text)},{len(text.encode())}" for name, text in files.items()]
     files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
-    folder.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(folder / PROBE_WHEEL, "w") as wheel:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as wheel:
         for name, text in files.items():
             wheel.writestr(name, text)
-    return folder / PROBE_WHEEL
+    return path
 
 
 def _digest(text: str) -> str:
@@ -105,11 +117,12 @@ def install_in_fresh_blender(zip_path: Path, user: Path, models: dict[str, str])
 # --- the tests -----------------------------------------------------------------------------------
 
 
-def test_wheels_replaces_stale_wheels_and_lists_the_new_ones(package):
+def test_wheels_replaces_stale_wheels_and_lists_one_set_per_blender_python(package):
     repo = package["repo"]
-    assert sorted(p.name for p in (repo / "wheels").iterdir()) == ["README.md", PROBE_WHEEL]
+    bundled = sorted([PROBE_WHEEL, *NATIVE_WHEELS])  # the pure-Python wheel once, for both Pythons
+    assert sorted(p.name for p in (repo / "wheels").iterdir()) == sorted(["README.md", *bundled])
     manifest = tomllib.loads((repo / "blender_manifest.toml").read_text(encoding="utf-8"))
-    assert manifest["wheels"] == [f"./wheels/{PROBE_WHEEL}"]
+    assert manifest["wheels"] == [f"./wheels/{name}" for name in bundled]
     assert manifest["platforms"] == ["linux-x64"]
     assert manifest["id"] == "unsample"
 
@@ -118,6 +131,7 @@ def test_zip_holds_the_package_at_its_root_and_nothing_else(package):
     assert [z.name for z in package["zips"]] == ["unsample-0.1.0-linux_x64.zip"]
     names = set(zipfile.ZipFile(package["zips"][0]).namelist())
     assert {"__init__.py", "blender_manifest.toml", "LICENSE", f"wheels/{PROBE_WHEEL}"} <= names
+    assert {f"wheels/{name}" for name in NATIVE_WHEELS} <= names  # one zip serves Blender 4.2 to 5.3
     assert "addon/preferences.py" in names and "engine/protocol.py" in names
     assert not {n for n in names if n.startswith(("tests/", "blender_unsample/", ".")) or "__pycache__" in n}
     assert not {n for n in names if n.endswith(".pyc")}
@@ -136,6 +150,7 @@ def test_blender_installs_and_enables_the_zip_with_its_wheel(package):
     assert installed["preferences"] == "UnsamplePreferences" and installed["preferences_registered"]
     assert installed["module_file"].startswith(os.path.join(user, "extensions", "user_default", "unsample"))
     assert installed["probe_value"] == 42 and installed["probe_file"].startswith(user)
+    assert installed["native_python"] == BLENDER_PYTHON  # the wheel for this Blender's Python, not the other
     assert not installed["torch_imported"]
 
 
@@ -160,6 +175,7 @@ def install_and_report(zip_path: str, user: str) -> dict:
     preferences = bpy.context.preferences.addons[MODULE].preferences
     registered = bpy.types.AddonPreferences.bl_rna_get_subclass_py("UnsamplePreferences")
     probe = __import__(PROBE)
+    native = __import__(NATIVE)
 
     restyled = restyle_with_the_installed_extension(preferences, Path(user))
     return {
@@ -170,6 +186,7 @@ def install_and_report(zip_path: str, user: str) -> dict:
         "module_file": sys.modules[MODULE].__file__,
         "probe_value": probe.VALUE,
         "probe_file": probe.__file__,
+        "native_python": native.PYTHON,
         "torch_imported": "torch" in sys.modules,
         "restyled": restyled,
     }
