@@ -12,7 +12,9 @@ def register() -> None:
 
 def unregister() -> None:
     from .runner import RUNNER
+    from .worker_setup import cancel_running
 
     RUNNER.cancel()  # no worker outlives the add-on
+    cancel_running()  # nor a worker set-up
     for module in reversed(MODULES):
         module.unregister()

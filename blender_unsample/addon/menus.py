@@ -1,4 +1,5 @@
-"""Restyle, Preview and Cancel in the Strip menu and the strip context menu (so F3 finds them)."""
+"""Restyle, Preview and Cancel in the Strip menu and the strip context menu, Set Up Worker in the Strip
+menu (so F3 finds them)."""
 
 import bpy
 
@@ -9,6 +10,8 @@ def draw_entries(self: bpy.types.Menu, context: bpy.types.Context) -> None:
     layout.operator("sequencer.unsample_restyle", icon="BRUSHES_ALL")
     layout.operator("sequencer.unsample_preview", icon="HIDE_OFF")
     layout.operator("sequencer.unsample_cancel", icon="CANCEL")
+    if self.bl_idname == "SEQUENCER_MT_strip":
+        layout.operator("sequencer.unsample_setup_worker", text="Set Up Unsample Worker", icon="IMPORT")
 
 
 MENUS = ("SEQUENCER_MT_strip", "SEQUENCER_MT_context_menu")

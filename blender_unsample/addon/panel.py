@@ -144,16 +144,42 @@ def _redraw_once_reported() -> float | None:
 
 
 def draw_worker_problem(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
-    """A warning when the worker Python cannot run jobs (no torch, say): before a job fails on it."""
+    """A warning when the worker Python cannot run jobs (no torch, say): before a job fails on it,
+    with Set Up Worker, which installs what it lacks; or the set-up's progress while it runs."""
+    width = context.region.width if context.region else 300
+    if context.window_manager.unsample.setup.status == "RUNNING":
+        draw_setup_state(layout.box(), context, width - 50)
+        return
     report = _worker_state()
     if not report or not report.get("missing"):
         return
     box = layout.box()
-    missing = ", ".join(report["missing"])
+    names = report["missing"]
+    missing = ", ".join(names[:2]) + (f" and {len(names) - 2} more packages" if len(names) > 2 else "")
     text = report.get("error") or f"The worker Python lacks {missing}."
-    text += " Install the extension zip that bundles them, or set Worker Python to an environment that has them."
-    _wrapped(box, text, context.region.width if context.region else 300, "ERROR")
-    box.operator("preferences.addon_show", text="Open Preferences", icon="PREFERENCES").module = ADDON_ID
+    text += (
+        " Set Up Worker installs them (about 2.5 GB with CUDA, 200 MB for the CPU), or set Worker Python"
+        " to an environment that has them."
+    )
+    _wrapped(box, text, width - 50, "ERROR")  # narrower: the box's margins and the icon
+    draw_setup_state(box, context, width - 50)
+    row = box.row(align=True)
+    row.operator("sequencer.unsample_setup_worker", icon="IMPORT")
+    row.operator("preferences.addon_show", text="", icon="PREFERENCES").module = ADDON_ID
+
+
+def draw_setup_state(layout: bpy.types.UILayout, context: bpy.types.Context, width: int) -> None:
+    """Set Up Worker's progress bar, ETA and Cancel while it runs; how it ended when it failed."""
+    state = context.window_manager.unsample.setup
+    if state.status == "RUNNING":
+        layout.label(text="Setting up the worker", icon="CONSOLE")
+        layout.progress(factor=state.progress, type="BAR", text=f"{state.progress:.0%}  {state.stage}")
+        row = layout.row()
+        row.label(text=format_eta(state.eta), icon="TIME")
+        row.operator("sequencer.unsample_setup_cancel", text="Cancel", icon="CANCEL")
+    elif state.status != "IDLE":
+        icon = {"FINISHED": "CHECKMARK", "FAILED": "ERROR", "CANCELLED": "CANCEL"}[state.status]
+        _wrapped(layout, state.message, width, icon)
 
 
 def draw_job_box(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import time
 import unicodedata
 from pathlib import Path
+
+from ..engine.protocol import CACHE_ENTRY_SUFFIX, CACHE_PARTIAL_SUFFIX
 
 
 def safe_name(name: str, limit: int = 40) -> str:
@@ -37,14 +40,25 @@ def new_run_folder(strip_dir: Path, kind: str) -> Path:
     raise FileExistsError(f"no free run folder under {strip_dir}")
 
 
+def _cache_files(folder: Path) -> list[Path]:
+    """What the worker's latent cache keeps in ``folder``: its entries, and any an interrupted
+    worker left half-written."""
+    if not folder.is_dir():
+        return []
+    return [path for suffix in (CACHE_ENTRY_SUFFIX, CACHE_PARTIAL_SUFFIX) for path in folder.glob(f"*{suffix}")]
+
+
 def cache_usage(folder: Path) -> int:
-    """Bytes held by the unsample cache in ``folder`` (its .safetensors entries)."""
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) if folder.is_dir() else 0
+    """Bytes held by the unsample cache in ``folder``."""
+    return sum(path.stat().st_size for path in _cache_files(folder))
 
 
 def clear_cache(folder: Path) -> int:
     """Delete the cache entries in ``folder``; returns how many bytes were freed."""
-    freed = cache_usage(folder)
-    for path in folder.glob("*.safetensors"):
-        path.unlink(missing_ok=True)
+    freed = 0
+    for path in _cache_files(folder):
+        with contextlib.suppress(FileNotFoundError):
+            size = path.stat().st_size
+            path.unlink()
+            freed += size
     return freed

@@ -26,6 +26,14 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
         subtype="FILE_PATH",
         update=lambda self, context: forget_worker_reports(),
     )
+    package_index: bpy.props.StringProperty(
+        name="Package Index",
+        description=(
+            "Advanced: where Set Up Worker takes packages from. Empty: PyPI, and PyTorch's own index for "
+            "the torch build that fits this machine. Or an index URL (a studio mirror) or a folder of wheels "
+            "(a path or file:// URL): then every package comes from there, and a folder needs no network"
+        ),
+    )
     device: bpy.props.EnumProperty(
         name="Device",
         items=(
@@ -65,14 +73,23 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
     vae_tiling: spec_property("vae_tiling", "VAE Tiling")
     allow_downloads: bpy.props.BoolProperty(
         name="Download Missing Models",
-        description="Fetch default models from the Hugging Face Hub (also needs Allow Online Access)",
+        description=(
+            "Fetch default models from the Hugging Face Hub, and let Set Up Worker download packages "
+            "(also needs Allow Online Access)"
+        ),
         default=True,
     )
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         layout.use_property_split = True
-        layout.prop(self, "worker_python")
+        row = layout.row(align=True)
+        row.prop(self, "worker_python")
+        row.operator("sequencer.unsample_setup_worker", text="Set Up Worker", icon="IMPORT")
+        from .panel import draw_setup_state  # here: the panel module imports this one
+
+        draw_setup_state(layout, context, 600)
+        layout.prop(self, "package_index", placeholder="PyPI, and PyTorch's index for this machine")
         layout.prop(self, "device")
         layout.prop(self, "models_folder")
         layout.prop(self, "cache_folder")

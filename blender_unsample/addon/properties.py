@@ -269,8 +269,29 @@ def model_size(aspect: float, native: int) -> tuple[int, int]:
 def _redraw(_self: bpy.types.PropertyGroup, context: bpy.types.Context) -> None:
     for window in context.window_manager.windows:
         for area in window.screen.areas:
-            if area.type in {"SEQUENCE_EDITOR", "STATUSBAR"}:
+            if area.type in {"SEQUENCE_EDITOR", "STATUSBAR", "PREFERENCES"}:
                 area.tag_redraw()
+
+
+class UnsampleSetupState(bpy.types.PropertyGroup):
+    """What the panel and the preferences show about Set Up Worker (``window_manager.unsample.setup``)."""
+
+    status: bpy.props.EnumProperty(
+        items=[
+            ("IDLE", "Idle", ""),
+            ("RUNNING", "Running", ""),
+            ("FINISHED", "Finished", ""),
+            ("FAILED", "Failed", ""),
+            ("CANCELLED", "Cancelled", ""),
+        ],
+        default="IDLE",
+        update=_redraw,
+    )
+    progress: bpy.props.FloatProperty(min=0.0, max=1.0, subtype="FACTOR", update=_redraw)
+    stage: bpy.props.StringProperty(description="What the set-up is doing")
+    eta: bpy.props.FloatProperty(default=-1.0, description="Seconds left; -1 while unknown")
+    message: bpy.props.StringProperty(description="How the last set-up ended")
+    log_path: bpy.props.StringProperty(description="The set-up's log file", subtype="FILE_PATH")
 
 
 class UnsampleJobState(bpy.types.PropertyGroup):
@@ -298,9 +319,10 @@ class UnsampleJobState(bpy.types.PropertyGroup):
     frames_total: bpy.props.IntProperty()
     message: bpy.props.StringProperty(description="The last result or error")
     log_tail: bpy.props.StringProperty(description="The worker's last lines of log")
+    setup: bpy.props.PointerProperty(type=UnsampleSetupState)
 
 
-classes = (UnsampleLora, UnsampleSettings, UnsampleJobState)
+classes = (UnsampleLora, UnsampleSettings, UnsampleSetupState, UnsampleJobState)
 
 
 def register() -> None:

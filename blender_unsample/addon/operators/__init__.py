@@ -9,6 +9,8 @@ from .lora_remove import SEQUENCER_OT_unsample_lora_remove
 from .preview import SEQUENCER_OT_unsample_preview
 from .restyle import SEQUENCER_OT_unsample_restyle
 from .resume import SEQUENCER_OT_unsample_resume
+from .setup_cancel import SEQUENCER_OT_unsample_setup_cancel
+from .setup_worker import SEQUENCER_OT_unsample_setup_worker
 
 classes = (
     SEQUENCER_OT_unsample_restyle,
@@ -18,5 +20,7 @@ classes = (
     SEQUENCER_OT_unsample_lora_remove,
     SEQUENCER_OT_unsample_clear_cache,
     SEQUENCER_OT_unsample_resume,
+    SEQUENCER_OT_unsample_setup_worker,
+    SEQUENCER_OT_unsample_setup_cancel,
 )
 register, unregister = bpy.utils.register_classes_factory(classes)
