@@ -1,6 +1,7 @@
-"""The one place that knows how the sequencer API differs between Blender 4.2 and 5.0.
+"""The one place that knows how the sequencer API differs between Blender 4.2 LTS and 5.3.
 
-Blender 4.4 renamed ``Sequence`` to ``Strip`` and 5.0 dropped ``sequence_editor.sequences``;
+Blender 4.4 renamed ``Sequence`` to ``Strip`` and 5.0 dropped ``sequence_editor.sequences`` (5.1 to 5.3,
+on Python 3.13, brought nothing new for the add-on: the whole Blender suite passes in 5.3);
 everything else in the add-on goes through these helpers.
 """
 
