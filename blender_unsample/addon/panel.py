@@ -7,6 +7,7 @@ import time
 
 import bpy
 
+from ..engine.protocol import MODEL_FILE_SUFFIXES
 from .paths import cache_usage
 from .preferences import ADDON_ID
 from .properties import processing_size
@@ -242,7 +243,7 @@ class SEQUENCER_PT_unsample_models(_SidebarPanel, bpy.types.Panel):
         row.active = settings.control != "none"
         row.prop(settings, "controlnet_model", placeholder="Default")
         layout.prop(settings, "vae", placeholder="Checkpoint's own")
-        if settings.checkpoint.lower().endswith((".safetensors", ".ckpt", ".pt")):
+        if settings.checkpoint.lower().endswith(MODEL_FILE_SUFFIXES):
             layout.prop(settings, "config", placeholder="Reference model (Hugging Face cache)")
         layout.label(text="LoRAs")
         row = layout.row()

@@ -29,6 +29,8 @@ _LABELS = {
     "none": ("None", "No ControlNet"),
     "canny": ("Canny Edges", "Keep the source's edges"),
     "tile": ("Tile", "Keep the source's colours and layout"),
+    "sd15": ("SD 1.5", "Stable Diffusion 1.5 with AnimateDiff; 512 px"),
+    "sdxl": ("SDXL", "Stable Diffusion XL with AnimateDiff SDXL; 1024 px"),
 }
 
 
@@ -67,14 +69,7 @@ class UnsampleSettings(bpy.types.PropertyGroup):
     """Everything a restyle needs from the user, stored in the scene (``scene.unsample``)."""
 
     # Models
-    family: bpy.props.EnumProperty(
-        name="Model Family",
-        items=[
-            ("sd15", "SD 1.5", "Stable Diffusion 1.5 with AnimateDiff; 512 px"),
-            ("sdxl", "SDXL", "Stable Diffusion XL with AnimateDiff SDXL; 1024 px"),
-        ],
-        default="sd15",
-    )
+    family: spec_property("family", "Model Family")
     checkpoint: bpy.props.StringProperty(
         name="Checkpoint",
         description=(

@@ -29,6 +29,7 @@ from .worker import Worker
 EVENTS_PER_TICK = 200
 CANCEL_GRACE = 10.0  # seconds a cancelled worker gets before it is killed
 EXPORT_SHARE = 0.05  # of a strip's progress bar
+# One for each of the worker's stages, protocol.STAGES (tests/engine/test_shared_facts.py checks).
 STAGE_TEXT = {
     "load": "Loading models",
     "download": "Downloading models (files)",

@@ -18,7 +18,8 @@ def missing_packages() -> list[str]:
 
 
 def report() -> dict[str, object]:
-    """Python, package versions and the devices torch sees, as plain data."""
+    """Python, package versions and the devices torch sees, as plain data: the keys are
+    protocol.DOCTOR_REPORT_KEYS, which the add-on reads."""
     versions = {}
     for name in WORKER_PACKAGES:
         try:

@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import UnsampleError
-from .protocol import ErrorCode
+from .protocol import FAMILY_NAMES, ErrorCode
 
-FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL"}
 _SDXL_SCALING = 0.13025  # SDXL's VAE scales its latents by this; SD 1.5's by 0.18215
 _LATENT_FAMILIES = {16: "SD 3 or FLUX"}  # other families' VAEs, named in a mismatch
 

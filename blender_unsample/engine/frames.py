@@ -12,9 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UnsampleError, disk_full_text
-from .protocol import ErrorCode
-
-FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+from .protocol import FRAME_SUFFIXES, ErrorCode
 
 
 def _natural_key(path: Path) -> list:
@@ -28,11 +26,11 @@ def list_frames(folder: Path | str) -> list[Path]:
     if not folder.is_dir():
         raise UnsampleError(ErrorCode.BAD_FRAMES, f"the frames folder does not exist: {folder}")
     frames = sorted(
-        (p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".")),
+        (p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".")),
         key=_natural_key,
     )
     if not frames:
-        raise UnsampleError(ErrorCode.BAD_FRAMES, f"no frames in {folder} (looked for {', '.join(FRAME_EXTENSIONS)})")
+        raise UnsampleError(ErrorCode.BAD_FRAMES, f"no frames in {folder} (looked for {', '.join(FRAME_SUFFIXES)})")
     return frames
 
 

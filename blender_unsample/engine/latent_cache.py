@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .devices import Placement
-from .protocol import JobSpec
+from .protocol import CACHE_ENTRY_SUFFIX, CACHE_PARTIAL_SUFFIX, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class LatentCache:
         self.limit_bytes = limit_bytes
 
     def _path(self, key: str) -> Path:
-        return self.folder / f"{key}.safetensors"
+        return self.folder / f"{key}{CACHE_ENTRY_SUFFIX}"
 
     def get(self, key: str) -> torch.Tensor | None:
         """The latents stored under ``key``, or None if absent or damaged (a damaged entry is removed)."""
@@ -117,13 +117,13 @@ class LatentCache:
         """Store ``latents`` (atomically), then evict the least recently used past the cap."""
         self.folder.mkdir(parents=True, exist_ok=True)
         latents = latents.detach().to("cpu", torch.float32).contiguous()
-        temporary = self._path(key).with_suffix(".partial")
+        temporary = self._path(key).with_suffix(CACHE_PARTIAL_SUFFIX)
         save_file({"latents": latents}, str(temporary), metadata={"checksum": _checksum(latents)})
         os.replace(temporary, self._path(key))
         self.evict(keep=key)
 
     def evict(self, keep: str | None = None) -> None:
-        entries = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        entries = sorted(self.folder.glob(f"*{CACHE_ENTRY_SUFFIX}"), key=lambda p: p.stat().st_mtime)
         total = sum(p.stat().st_size for p in entries)
         for path in entries:
             if total <= self.limit_bytes:
@@ -134,10 +134,10 @@ class LatentCache:
             path.unlink(missing_ok=True)
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.folder.glob("*.safetensors")) if self.folder.is_dir() else 0
+        return sum(p.stat().st_size for p in self.folder.glob(f"*{CACHE_ENTRY_SUFFIX}")) if self.folder.is_dir() else 0
 
     def clear(self) -> None:
-        for path in self.folder.glob("*.safetensors"):
+        for path in self.folder.glob(f"*{CACHE_ENTRY_SUFFIX}"):
             path.unlink(missing_ok=True)
 
 

@@ -40,6 +40,7 @@ DEFAULT_MODELS: dict[str, ModelSet] = {
 }
 
 FAMILIES = tuple(DEFAULT_MODELS)
+FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL"}  # for people: in messages and menus
 # What the worker's Python must have (import names); `doctor` reports on each.
 WORKER_PACKAGES = ("torch", "diffusers", "transformers", "safetensors", "accelerate", "numpy", "PIL")
 SAMPLERS = ("euler", "dpmpp_2m")
@@ -48,6 +49,21 @@ CONTROLS = ("none", "canny", "tile")
 FUSIONS = ("pyramid", "flat")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
+# What the worker reads as one model file (checkpoint, motion module, ControlNet, VAE); anything
+# else is a diffusers folder or a Hub id.
+MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# The frame files the worker reads. It skips names that start with a dot: a frame still being
+# written goes under such a name and is renamed once whole.
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# The latent cache folder holds one file per entry, directly in it; an entry is written under the
+# partial suffix, then renamed.
+CACHE_ENTRY_SUFFIX = ".safetensors"
+CACHE_PARTIAL_SUFFIX = ".partial"
+# The stages of a job, in the order it reaches them, as Progress events name them ("download"
+# only while models are fetched).
+STAGES = ("download", "load", "encode", "unsample", "resample", "decode")
+# The keys of the worker's `doctor` report, one JSON object on its last line of output.
+DOCTOR_REPORT_KEYS = ("python", "python_version", "packages", "missing", "devices")
 
 
 def _setting(default: Any, help: str, **limits: Any) -> Any:
@@ -273,7 +289,7 @@ _EXIT_CODES = {
 @dataclass(frozen=True)
 class Progress:
     type: ClassVar[str] = "progress"
-    stage: str  # load, encode, unsample, resample, decode
+    stage: str  # one of STAGES
     step: int  # 1-based within the stage
     total: int  # steps in the stage (frames for encode and decode)
     window: int = 0  # 1-based context window within the step; 0 outside the sampling passes

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .protocol import SCHEDULERS
+
 # Align Your Steps, 10-step lists published by NVIDIA (Sabour et al., 2024).
 # fmt: off
 AYS_SIGMAS: dict[str, tuple[float, ...]] = {
@@ -21,8 +23,6 @@ AYS_SIGMAS: dict[str, tuple[float, ...]] = {
              0.5550693289, 0.3798540708, 0.2332364134, 0.1114188177, 0.0291671582),
 }
 # fmt: on
-
-SCHEDULERS = ("ays", "karras", "exponential", "normal")
 
 # The first sigma of a flipped schedule: unsampling cannot start at exactly 0, where the
 # denoiser's "noise" direction (x - denoised) / sigma is undefined.

@@ -28,14 +28,14 @@ from typing import Any, TypeVar
 import torch
 
 from .errors import UnsampleError, first_line
-from .protocol import ErrorCode
+from .protocol import MODEL_FILE_SUFFIXES, ErrorCode
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Shapes = Mapping[str, tuple[int, ...]]
 
-SINGLE_FILE_SUFFIXES = frozenset({".safetensors", ".ckpt", ".pt", ".pth", ".bin"})
+SINGLE_FILE_SUFFIXES = frozenset(MODEL_FILE_SUFFIXES)
 # The repos whose configs fit each family's single files (diffusers' own defaults for them).
 CONFIG_REPOS = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
