@@ -21,7 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import Cancelled, UnsampleError
-from .protocol import ErrorCode, ErrorEvent, Event, JobSpec, Progress, WarningEvent, event_to_json
+from .protocol import (
+    ErrorCode,
+    ErrorEvent,
+    Event,
+    JobSpec,
+    Progress,
+    WarningEvent,
+    default_cache_folder,
+    event_to_json,
+)
 
 # After stdin closes (Blender went away), give the job this long to stop at a check point
 # before the process ends itself.
@@ -63,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     for spec_field in dataclasses.fields(JobSpec):
         _add_setting(restyle, spec_field)
+    restyle.add_argument(
+        "--no-cache", action="store_true", default=False, help="keep no unsampled latents (without --cache-dir "
+        "they go to the user's cache folder, e.g. ~/.cache/unsample/latents, for later restyles of the same frames)"
+    )  # fmt: skip
 
     commands.add_parser("doctor", help="print this Python's worker packages and devices as JSON")
     tiny = commands.add_parser("tiny-models", help="write tiny random-weight models (for tests and the demo)")
@@ -90,13 +103,19 @@ def _add_setting(parser: argparse.ArgumentParser, spec_field: dataclasses.Field)
 def _restyle(args: argparse.Namespace) -> int:
     emit = _emitter(args.progress)
     settings = vars(args).copy()
-    for key in ("command", "job", "progress"):
+    for key in ("command", "job", "progress", "no_cache"):
         settings.pop(key, None)
     try:
         data = json.loads(Path(args.job).read_text(encoding="utf-8")) if "job" in args else {}
         if not isinstance(data, dict):
             raise ValueError("a job file holds one JSON object")
-        spec = JobSpec.from_dict({**data, **settings})
+        settings = {**data, **settings}
+        if args.no_cache and settings.get("cache_dir"):
+            raise ValueError("--no-cache and a cache folder (--cache-dir or the job's cache_dir): choose one")
+        if "cache_dir" not in settings:
+            # Like the Hugging Face cache: kept by default, so a second style skips the unsample pass.
+            settings["cache_dir"] = "" if args.no_cache else str(default_cache_folder())
+        spec = JobSpec.from_dict(settings)
     except (OSError, ValueError) as error:
         return _fail(emit, UnsampleError(ErrorCode.BAD_SETTINGS, f"bad job: {error}"))
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar
 
 PROTOCOL_VERSION = 1
@@ -59,6 +63,22 @@ FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # partial suffix, then renamed.
 CACHE_ENTRY_SUFFIX = ".safetensors"
 CACHE_PARTIAL_SUFFIX = ".partial"
+
+
+def default_cache_folder(platform: str = sys.platform, environ: Mapping[str, str] = os.environ) -> Path:
+    """Where the command line keeps unsampled latents unless told otherwise: the user's cache folder,
+    as the Hugging Face cache does (``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux, ``~/Library/Caches``
+    on macOS, ``%LOCALAPPDATA%`` on Windows), under ``unsample/latents``. Blender passes its own."""
+    home = Path(environ.get("HOME") or Path.home())
+    if platform == "win32":
+        base = Path(environ["LOCALAPPDATA"]) if environ.get("LOCALAPPDATA") else home / "AppData" / "Local"
+    elif platform == "darwin":
+        base = home / "Library" / "Caches"
+    else:
+        base = Path(environ["XDG_CACHE_HOME"]) if environ.get("XDG_CACHE_HOME") else home / ".cache"
+    return base / "unsample" / "latents"
+
+
 # The stages of a job, in the order it reaches them, as Progress events name them ("download"
 # only while models are fetched).
 STAGES = ("download", "load", "encode", "unsample", "resample", "decode")
@@ -153,7 +173,7 @@ class JobSpec:
     work_dir: str = _setting("", "folder for intermediate files (default: a temporary folder)")
     cache_dir: str = _setting(
         "", "folder of unsampled latents that later restyles of the same frames and unsample settings reuse "
-        "(default: no cache)",
+        "(command line default: the user's cache folder; empty in a job made in code: no cache)",
     )  # fmt: skip
     cache_limit_mb: int = _setting(4096, "size cap of the cache folder; the least recently used go first", low=0,
                                    high=2**20)  # fmt: skip

@@ -16,6 +16,7 @@ from report import Figure
 def run_worker(job_file: Path) -> tuple[float, float]:
     """Wall seconds and peak resident memory (MiB) of one worker process, as Blender starts it."""
     command = [sys.executable, "-m", "blender_unsample.engine", "restyle", "--job", str(job_file), "--progress", "none"]
+    command.append("--no-cache")  # every length computed afresh, never from an earlier run's cache
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT)
     _, status, usage = os.wait4(process.pid, 0)

@@ -15,6 +15,13 @@ def _no_grad():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _own_user_cache(tmp_path, monkeypatch):
+    """The command line keeps unsampled latents in the user's cache folder by default: each test gets
+    its own, so no test reads another's entries and nothing lands in the real ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+
+
 def write_clip(folder, frames: int, size=(64, 48), start: int = 1) -> list:
     """A clip with real motion: a disc moving right over a slowly panning striped background."""
     import numpy as np

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -145,3 +146,60 @@ def test_tiny_models_command_writes_loadable_models(tmp_path):
     paths = json.loads(stdout)
     assert (Path(paths["checkpoint"]) / "unet" / "config.json").exists()
     assert (Path(paths["motion_adapter"]) / "config.json").exists()
+
+
+def restyle_events(*args: str, env: dict | None = None) -> list:
+    process = subprocess.run(
+        [sys.executable, "-m", "blender_unsample.engine", "restyle", *args, "--progress", "json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr
+    return [event_from_json(line) for line in process.stdout.splitlines()]
+
+
+def test_the_command_line_keeps_unsampled_latents_in_the_users_cache_folder(tiny_spec, tmp_path):
+    clip, home = tmp_path / "clip", tmp_path / "home"
+    write_clip(clip, 4)
+    env = {key: value for key, value in os.environ.items() if key != "XDG_CACHE_HOME"}
+    env |= {"HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    # The unsample pass has its own prompt, so it stays the same while the style changes.
+    flags = [*spec_flags(tiny_spec(clip, steps=2)), "--unsample-prompt", "stripes and a disc"]
+
+    first = restyle_events(*flags, env=env)
+    entries = sorted((home / ".cache" / "unsample" / "latents").glob("*.safetensors"))
+    assert entries and not first[-1].unsample_cached
+
+    flags[flags.index("--prompt") + 1] = "a watercolour"
+    second = restyle_events(*flags, env=env)
+    assert second[-1].unsample_cached  # a new style skipped the unsample pass
+    assert not [e for e in second if isinstance(e, Progress) and e.stage == "unsample"]
+
+    kept = sorted((home / ".cache" / "unsample" / "latents").glob("*"))
+    flags[flags.index("--prompt") + 1] = "a charcoal drawing"
+    third = restyle_events(*flags, "--no-cache", env=env)
+    assert not third[-1].unsample_cached
+    assert sorted((home / ".cache" / "unsample" / "latents").glob("*")) == kept  # nothing read or written
+
+
+def test_no_cache_and_a_cache_folder_together_are_refused(tmp_path):
+    process = worker("restyle", "--frames", str(tmp_path), "--out", str(tmp_path / "o"), "--prompt", "x",
+                     "--cache-dir", str(tmp_path / "c"), "--no-cache", "--progress", "json")  # fmt: skip
+    stdout, _ = process.communicate(timeout=120)
+    error = event_from_json(stdout.splitlines()[-1])
+    assert process.returncode == ErrorCode.BAD_SETTINGS.exit_code and "--no-cache" in error.message
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    ("platform", "environ", "expected"),
+    [
+        ("linux", {"HOME": "/home/ana"}, "/home/ana/.cache/unsample/latents"),
+        ("linux", {"HOME": "/home/ana", "XDG_CACHE_HOME": "/scratch/cache"}, "/scratch/cache/unsample/latents"),
+        ("darwin", {"HOME": "/Users/ana"}, "/Users/ana/Library/Caches/unsample/latents"),
+        ("win32", {"HOME": "C:/Users/ana", "LOCALAPPDATA": "D:/Local"}, "D:/Local/unsample/latents"),
+    ],
+)
+def test_the_default_cache_folder_is_where_each_platform_keeps_caches(platform, environ, expected):
+    from blender_unsample.engine.protocol import default_cache_folder
+
+    assert default_cache_folder(platform, environ) == Path(expected)
