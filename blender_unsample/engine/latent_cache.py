@@ -35,7 +35,9 @@ UNSAMPLE_SETTINGS = (
     "control_in_unsample", "vae_tiling",
 )  # fmt: skip
 _CONTROL_SETTINGS = ("control", "controlnet", "controlnet_strength", "control_start", "control_end")
-_VERSION = 2  # bump when the unsample pass changes what it computes (2: SDXL zero uncond, OpenCV canny)
+# Bump when the unsample pass changes what it computes (2: SDXL zero uncond, OpenCV canny; 3: LoRAs
+# merged by peft, which rounds fp16 and several-LoRA merges differently).
+_VERSION = 3
 
 
 def cache_key(spec: JobSpec, frames: Iterable[Path], size: tuple[int, int], placement: Placement) -> str:

@@ -1,35 +1,34 @@
-"""LoRA files merged into a loaded UNet and text encoders.
+"""LoRA files merged into a loaded UNet and text encoders, by diffusers and peft.
 
-Each low-rank update is added into the weight it adapts, once, at load time:
-``W += weight * alpha / rank * up @ down`` (a 3x3 or 1x1 LoRA convolution the same way, its
-``down`` kernel carrying the spatial size). A merged LoRA then costs nothing per step, and since
-``UNetMotionModel.from_unet2d`` copies the image UNet's weights, merging before the motion module
-is attached carries the LoRA into the motion UNet as well.
+Each file becomes a peft adapter through diffusers' loaders; ``fuse_lora`` adds
+``weight * alpha / rank * up @ down`` into the weights and ``unload_lora_weights`` removes the
+adapter layers, so a merged LoRA costs nothing per step. Merged before the motion module is
+attached, it is carried into the motion UNet, which copies the image UNet's weights.
 
-Files may come in two layouts:
+What is ours is what diffusers lacks: every file is read and checked (family, names, shapes)
+before any model is touched, so a bad file in the list changes nothing; refusals name the LoRA
+and the checkpoint. Names are resolved here too: diffusers' kohya conversion drops original-UNet
+names in a file that also has diffusers names, misplaces SD 1.x upsamplers, reads alpha 0 as "no
+update" (kohya-ss: the rank) and merges DoRA files without their magnitudes. Layouts:
 
-- kohya-ss (most files from Civitai): ``lora_unet_<module>.lora_down.weight``, ``.lora_up.weight``
-  and ``.alpha``, where ``<module>`` is the module path with dots turned into underscores, either
-  in diffusers' names (kohya trains SD 1.x on diffusers' UNet) or in Stability's original UNet
-  names (``input_blocks_4_1_...``, as kohya trains SDXL). Text encoders are ``lora_te_`` (SD 1.x)
-  or ``lora_te1_`` and ``lora_te2_`` (SDXL's two).
-- diffusers/PEFT: ``unet.<module>.lora_A.weight`` and ``lora_B.weight`` (also ``text_encoder.`` and
-  ``text_encoder_2.``), alpha from per-module ``.alpha`` tensors or the ``lora_adapter_metadata``
-  that diffusers writes into the file's header; without either, alpha equals the rank.
-
-Every file is read and checked (family, names, shapes) before any weight is changed, so a bad
-file in the list leaves the models as they were.
+- kohya-ss: ``lora_unet_<module>.lora_down.weight``, ``.lora_up.weight`` and ``.alpha``, the module
+  path with underscores, in diffusers' names (kohya's SD 1.x) or the original UNet's
+  (``input_blocks_4_1_...``, kohya's SDXL); text encoders ``lora_te_`` or ``lora_te1_``/``lora_te2_``.
+- diffusers/PEFT: ``unet.<module>.lora_A.weight`` and ``lora_B.weight`` (also ``text_encoder.``,
+  ``text_encoder_2.``), alphas in the header's ``lora_adapter_metadata`` (handed to diffusers) or
+  per-module ``.alpha`` tensors; without either, alpha equals the rank.
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,7 @@ _KOHYA_COMPONENTS = {
     "lora_te2_": "text_encoder_2",
 }
 _PEFT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+_TEXT_ROLES = ("lora_linear_layer.down", "lora_linear_layer.up")
 # LyCORIS kinds other than plain LoRA/LoCon: named in the message when a file has only these.
 _OTHER_KINDS = {"hada_": "LoHa", "lokr_": "LoKr", "lora_mid": "LoCon with a Tucker core", ".diff": "full-weight diff"}
 
@@ -140,10 +140,12 @@ class _Checkpoint:
 
 @dataclass
 class _Plan:
-    """A checked file: each update with its module and its factor ``weight * alpha / rank``."""
+    """A checked file, in the names and layout diffusers' loaders take (``unet.<module>.lora_A.weight``)."""
 
     applied: AppliedLora
-    merges: list[tuple[nn.Module, _Update, float]]
+    tensors: dict[str, torch.Tensor]
+    alphas: dict[str, float]  # "<component>.<module>.alpha", where no header metadata gives them
+    metadata: dict[str, Any]  # the header's adapter settings, "<component>.<setting>"
 
 
 def apply_loras(
@@ -160,9 +162,10 @@ def apply_loras(
     (the models' file or folder) is named in mismatch messages. Raises
     ``UnsampleError``: MODEL_NOT_FOUND (no such file), MODEL_INVALID (unreadable, truncated, not a
     LoRA), MODEL_MISMATCH (made for another model family, or shapes that do not fit), all before
-    any weight changes. Modules the model lacks are reported in ``warnings``, unless none fit.
+    any weight changes; WORKER_SETUP when peft, which diffusers loads LoRAs with, is missing.
+    Modules the model lacks are reported in ``warnings``, unless none fit.
     """
-    # 1. Read and check every file before touching any weight.
+    # 1. Read and check every file before touching any model.
     model = _Checkpoint(checkpoint_family(unet, text_encoder_2), checkpoint)
     modules, aliases = _targets(unet, text_encoder, text_encoder_2)
     plans = []
@@ -172,14 +175,18 @@ def apply_loras(
             raise UnsampleError(ErrorCode.BAD_SETTINGS, f"the LoRA {path} has weight {weight}; give a finite number")
         if weight != 0:
             plans.append(_plan(Path(path).expanduser(), weight, model, modules, aliases))
-    # 2. Merge: per module, all files' updates summed in float32, then written once.
-    _merge(plans)
     report = LoraReport()
+    if not plans:
+        return report
+    # 2. diffusers and peft load all of them, then merge them with their weights.
+    _fuse(plans, {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2})
     for plan in plans:
         report.applied.append(plan.applied)
         if plan.applied.left_out:
             report.warnings.append(_left_out_warning(plan.applied))
-        log.info("LoRA %s (weight %g): merged %d modules", plan.applied.path, plan.applied.weight, len(plan.merges))
+        log.info(
+            "LoRA %s (weight %g): merged %d modules", plan.applied.path, plan.applied.weight, len(plan.applied.matched)
+        )
     return report
 
 
@@ -197,12 +204,11 @@ def checkpoint_family(unet: nn.Module, text_encoder_2: nn.Module | None = None) 
 def _plan(
     path: Path, weight: float, checkpoint: _Checkpoint, modules: dict[str, nn.Module], aliases: dict[str, str]
 ) -> _Plan:
-    tensors, others, metadata = _read(path)
+    tensors, others, header = _read(path)
     updates, left_out = _group(path, tensors, others)
     family = _check_family(path, updates, checkpoint)
-    peft_alphas = _peft_alphas(metadata)
     matched: dict[str, str] = {}
-    merges = []
+    plan = _Plan(AppliedLora(path, weight, family, matched, left_out), {}, {}, {})
     for update in updates:
         why = _unusable(update)
         target = aliases.get(update.name)
@@ -213,13 +219,19 @@ def _plan(
             continue
         module = modules[target]
         _check_shape(path, update, target, module, checkpoint)
-        # kohya-ss reads a missing or zero alpha as the rank (scale 1); PEFT keeps it in the header.
-        alpha = update.alpha if update.alpha else _peft_alpha(peft_alphas, update)
         matched[update.name] = target
-        merges.append((module, update, weight * alpha / update.rank))
-    if not merges:
+        down, up = _shaped_for(module, update)
+        # PEFT's names for the UNet; diffusers' text encoder loader infers the layout from its own
+        # (lora_linear_layer) names, which PEFT's names of an MLP-only update do not give it.
+        down_name, up_name = ("lora_A", "lora_B") if target.startswith("unet.") else _TEXT_ROLES
+        plan.tensors[f"{target}.{down_name}.weight"] = down
+        plan.tensors[f"{target}.{up_name}.weight"] = up
+        # kohya-ss reads a missing or zero alpha as the rank (scale 1); PEFT keeps it in the header.
+        plan.alphas[f"{target}.alpha"] = update.alpha or float(update.rank)
+    if not matched:
         raise _nothing_matched(path, updates, left_out, checkpoint)
-    return _Plan(AppliedLora(path, weight, family, matched, left_out), merges)
+    plan.metadata = _adapter_metadata(header, matched.values())
+    return plan
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
@@ -306,33 +318,23 @@ def _unusable(update: _Update) -> str | None:
     return None
 
 
-def _peft_alphas(metadata: dict[str, str]) -> dict[str, Any]:
-    """diffusers' adapter settings per component, from the header: {"unet": {"lora_alpha": 8, ...}}."""
+def _adapter_metadata(header: dict[str, str], targets: Collection[str]) -> dict[str, Any]:
+    """diffusers' adapter settings from the header, as its loaders take them ({"unet.lora_alpha": 8, ...}),
+    for the models they give a rank or alpha for; the adapter goes exactly on the file's modules,
+    whatever names (short, or with transformers 4's text_model) the header lists."""
     try:
-        flat = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+        flat = json.loads(header.get("lora_adapter_metadata", "{}"))
     except json.JSONDecodeError:
         return {}
+    if not isinstance(flat, dict):
+        return {}
     settings: dict[str, Any] = {}
-    for key, value in flat.items() if isinstance(flat, dict) else ():
-        component, _, setting = key.rpartition(".")
-        settings.setdefault(component, {})[setting] = value
+    for component in {target.split(".", 1)[0] for target in targets}:
+        own = {key: value for key, value in flat.items() if key.startswith(f"{component}.")}
+        if f"{component}.r" in own or f"{component}.lora_alpha" in own:
+            modules = sorted(t.split(".", 1)[1] for t in targets if t.startswith(f"{component}."))
+            settings |= own | {f"{component}.target_modules": modules}
     return settings
-
-
-def _peft_alpha(settings: dict[str, Any], update: _Update) -> float:
-    """A PEFT update's alpha: its pattern, else its component's lora_alpha, else the rank (scale 1)."""
-    component, _, module = update.name.partition(".")
-    adapter = settings.get(component, {})
-    alpha = adapter.get("lora_alpha", update.rank)
-    for pattern, value in (adapter.get("alpha_pattern") or {}).items():
-        # PEFT matches a pattern against the end of the module's name.
-        with contextlib.suppress(re.error):
-            if re.fullmatch(rf"(.*\.)?{pattern}", module):
-                alpha = value
-    if adapter.get("use_rslora"):
-        # rsLoRA scales by alpha / sqrt(rank); expressed here as the alpha that gives that over rank.
-        alpha = alpha * math.sqrt(update.rank)
-    return float(alpha)
 
 
 # --- families -----------------------------------------------------------------------------------------
@@ -515,24 +517,82 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _merge(plans: list[_Plan]) -> None:
-    per_module: dict[int, tuple[nn.Module, list[tuple[_Update, float]]]] = {}
-    for plan in plans:
-        for module, update, factor in plan.merges:
-            per_module.setdefault(id(module), (module, []))[1].append((update, factor))
-    with torch.no_grad():
-        for module, updates in per_module.values():
-            weight = module.weight
-            delta = sum(factor * _product(update, weight.device) for update, factor in updates)
-            weight.copy_((weight.float() + delta.reshape(weight.shape)).to(weight.dtype))
+def _shaped_for(module: nn.Module, update: _Update) -> tuple[torch.Tensor, torch.Tensor]:
+    """down and up in the layout of the adapter peft puts on the module: a convolution's update as
+    convolutions (1x1 for a linear update), a linear layer's as matrices (from a 1x1 update)."""
+    down, up = update.down, update.up
+    assert down is not None and up is not None
+    if isinstance(module, nn.Conv2d):
+        return down.reshape(*down.shape[:2], *(down.shape[2:] or (1, 1))), up.reshape(*up.shape[:2], 1, 1)
+    return down.flatten(1), up.flatten(1)
 
 
-def _product(update: _Update, device: torch.device) -> torch.Tensor:
-    """``up @ down`` in float32, in the shape of the update (the kernel from ``down``)."""
-    assert update.down is not None and update.up is not None
-    down = update.down.to(device, torch.float32)
-    up = update.up.to(device, torch.float32)
-    return (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
+def _fuse(plans: list[_Plan], models: dict[str, nn.Module | None]) -> None:
+    """Each file as one adapter weighted by its weight, all merged, then the adapter layers taken out.
+
+    Loading adds adapter layers but changes no weight: when a file fails there, taking them out
+    again leaves the models as they were.
+    """
+    if importlib.util.find_spec("peft") is None:
+        raise UnsampleError(
+            ErrorCode.WORKER_SETUP,
+            "LoRAs need the Python package peft, which the worker lacks: run Set Up Worker again, "
+            "or install peft into the worker's environment",
+        )
+    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+
+    class Models(StableDiffusionXLLoraLoaderMixin):
+        """A pipeline's LoRA methods (weights, fuse, unload) over our components; None ones are skipped."""
+
+        def __init__(self) -> None:
+            self.unet, self.text_encoder, self.text_encoder_2 = models.values()
+
+    target = Models()
+    names = [f"unsample_{index}" for index in range(len(plans))]
+    with warnings.catch_warnings():
+        # peft's notes on several adapters in one model, and on removing them again, are expected here.
+        warnings.filterwarnings("ignore", "Already found a `peft_config`")
+        warnings.filterwarnings("ignore", "Adapter .* was active which is now deleted")
+        try:
+            for name, plan in zip(names, plans, strict=True):
+                for component, model in models.items():
+                    if model is not None:
+                        _load(target, component, model, name, plan)
+        except BaseException:
+            target.unload_lora_weights()
+            raise
+    target.set_adapters(names, [plan.applied.weight for plan in plans])
+    target.fuse_lora(adapter_names=names)
+    target.unload_lora_weights()
+
+
+def _load(target: Any, component: str, model: nn.Module, name: str, plan: _Plan) -> None:
+    """One file's adapter into one model, by diffusers' loader for it."""
+    tensors = {key: value for key, value in plan.tensors.items() if key.startswith(f"{component}.")}
+    if not tensors:
+        return
+    # The header's settings where diffusers wrote them for this model, else the alphas per module.
+    metadata = {k: v for k, v in plan.metadata.items() if k.startswith(f"{component}.")} or None
+    options: dict[str, Any] = {
+        "network_alphas": None if metadata else plan.alphas,
+        "metadata": metadata,
+        "adapter_name": name,
+        "low_cpu_mem_usage": True,  # as pipeline.load_lora_weights does
+    }
+    try:
+        if component == "unet":
+            target.load_lora_into_unet(tensors, unet=model, **options)
+        else:
+            target.load_lora_into_text_encoder(tensors, text_encoder=model, prefix=component, **options)
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, RuntimeError, TypeError, KeyError) as error:
+        # Past our checks, this is a header whose settings do not fit the file's tensors.
+        raise UnsampleError(
+            ErrorCode.MODEL_INVALID,
+            f"the LoRA {plan.applied.path} could not be loaded into the {component.replace('_', ' ')}",
+            str(error),
+        ) from error
 
 
 # --- messages -------------------------------------------------------------------------------------------

@@ -62,6 +62,9 @@ def write_peft(path: Path, updates: dict[str, Update], lora_alpha: float) -> Pat
         tensors[f"{name}.lora_A.weight"] = update.down.float().contiguous()
         tensors[f"{name}.lora_B.weight"] = update.up.float().contiguous()
     settings = {f"{c}.lora_alpha": lora_alpha for c in components} | {f"{c}.r": 2 for c in components}
+    # As diffusers saves a LoraConfig: the modules by their names inside the component.
+    for c in components:
+        settings[f"{c}.target_modules"] = sorted(n.split(".", 1)[1] for n in updates if n.startswith(f"{c}."))
     save_file(tensors, str(path), metadata={"format": "pt", "lora_adapter_metadata": json.dumps(settings)})
     return path
 

@@ -499,3 +499,134 @@ def test_a_missing_file_is_not_found(load, tmp_path):
 
     assert caught.value.code == ErrorCode.MODEL_NOT_FOUND
     assert "nowhere.safetensors" in caught.value.message
+
+
+# --- the same weights as diffusers' own pipeline.load_lora_weights + fuse_lora -----------------------------
+
+# Files as real trainers write them, in the names diffusers' own conversion reads right: kohya's SD 1.x
+# files in diffusers' module names, its SDXL files in the original UNet's; PEFT files as diffusers saves
+# them with transformers 5 (diffusers' own loader takes the header's text_model.* target names literally).
+KOHYA_AS_DIFFUSERS_READS = {
+    "sd15": {n: t for n, t in SD15_NAMES.items() if "_blocks_1_0_" not in n and "output_blocks" not in n},
+    "sdxl": {n: t for n, t in SDXL_NAMES.items() if "down_blocks" not in n},
+}
+# diffusers' own conversion tells a kohya text encoder update's layout by its out_proj (as real files,
+# which adapt q, k, v and out_proj, all have); without it, it drops or refuses the encoder's attention.
+KOHYA_AS_DIFFUSERS_READS["sd15"]["lora_te_text_model_encoder_layers_0_self_attn_out_proj"] = (
+    "text_encoder.text_model.encoder.layers.0.self_attn.out_proj"
+)
+KOHYA_AS_DIFFUSERS_READS["sdxl"]["lora_te1_text_model_encoder_layers_0_self_attn_out_proj"] = (
+    "text_encoder.text_model.encoder.layers.0.self_attn.out_proj"
+)
+PEFT_TARGETS = {
+    "sd15": [
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+        "unet.up_blocks.1.resnets.0.conv1",
+        "unet.down_blocks.0.attentions.0.proj_in",
+        "text_encoder.encoder.layers.0.self_attn.q_proj",
+        "text_encoder.encoder.layers.1.mlp.fc2",
+    ],
+    "sdxl": [
+        "unet.down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_k",
+        "unet.up_blocks.0.resnets.0.conv_shortcut",
+        "unet.down_blocks.1.downsamplers.0.conv",
+        "text_encoder.encoder.layers.0.self_attn.q_proj",
+        # diffusers' text encoder loader cannot tell the layout of a PEFT file whose update of an
+        # encoder has no attention layer, so each encoder's has one here.
+        "text_encoder_2.text_model.encoder.layers.1.self_attn.v_proj",  # still wrapped in transformers 5
+        "text_encoder_2.text_model.encoder.layers.1.mlp.fc1",
+    ],
+}
+
+
+def two_files(models: SimpleNamespace, layout: str, tmp_path) -> list[tuple]:
+    """Two LoRAs of one layout over overlapping modules, of other ranks and alphas, weighted 0.7 and -0.4."""
+    if layout == "kohya":
+        names = KOHYA_AS_DIFFUSERS_READS[models.family]
+        first = random_updates({n: module(models, t) for n, t in names.items()}, rank=3, alpha=1.5, seed=21)
+        second = random_updates({n: module(models, t) for n, t in list(names.items())[2:]}, rank=2, seed=22)
+        return [
+            (write_kohya(tmp_path / "a.safetensors", first), 0.7),
+            (write_kohya(tmp_path / "b.safetensors", second), -0.4),
+        ]
+    picked = PEFT_TARGETS[models.family]
+    first = random_updates({t: module(models, t) for t in picked}, rank=2, seed=23)
+    second = random_updates({t: module(models, t) for t in picked[1:]}, rank=2, seed=24)
+    return [
+        (write_peft(tmp_path / "a_pytorch_lora_weights.safetensors", first, lora_alpha=4), 0.7),
+        (write_peft(tmp_path / "b_pytorch_lora_weights.safetensors", second, lora_alpha=1), -0.4),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # diffusers, several adapters
+@pytest.mark.parametrize("layout", ["kohya", "peft"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_merged_weights_equal_diffusers_fuse_lora_bit_for_bit(family, layout, load, tiny_root, tmp_path):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    models = load(family)
+    loras = two_files(models, layout, tmp_path)
+    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipeline = pipeline_class.from_pretrained(tiny_root / family / "checkpoint")
+    names = []
+    for index, (path, _) in enumerate(loras):
+        pipeline.load_lora_weights(str(path), adapter_name=f"lora{index}")
+        names.append(f"lora{index}")
+    pipeline.set_adapters(names, [weight for _, weight in loras])
+    pipeline.fuse_lora(adapter_names=names)
+    pipeline.unload_lora_weights()
+    before = {key: value.clone() for key, value in models.unet.state_dict().items()}
+
+    apply(models, *loras)
+
+    components = ["unet", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    changed = 0
+    for component in components:
+        ours, theirs = getattr(models, component).state_dict(), getattr(pipeline, component).state_dict()
+        assert ours.keys() == theirs.keys(), component  # no adapter layers left behind
+        for key, value in ours.items():
+            assert torch.equal(value, theirs[key]), f"{component}.{key}"
+    changed = sum(not torch.equal(value, before[key]) for key, value in models.unet.state_dict().items())
+    assert changed >= 3  # the files did change the UNet (the comparison is not between two untouched models)
+
+
+def test_a_file_diffusers_cannot_load_changes_nothing_and_leaves_no_adapter(load, tmp_path):
+    """Past our checks, a header whose rank does not fit the tensors fails in peft: the good file
+    before it is not merged either, and no adapter layer stays in the models."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    models = load("sd15")
+    good = write_kohya(tmp_path / "good.safetensors", random_updates(targets(models), seed=30))
+    picked = ["unet.down_blocks.0.attentions.0.proj_in", "text_encoder.encoder.layers.0.self_attn.q_proj"]
+    bad = write_peft(tmp_path / "bad.safetensors", random_updates({t: module(models, t) for t in picked}), 1.0)
+    settings = {"unet.r": 4, "unet.lora_alpha": 4, "text_encoder.r": 4, "text_encoder.lora_alpha": 4}  # rank 2 inside
+    save_file(load_file(bad), str(bad), metadata={"lora_adapter_metadata": json.dumps(settings)})
+    unet_state = {k: v.clone() for k, v in models.unet.state_dict().items()}
+    text_state = {k: v.clone() for k, v in models.text_encoder.state_dict().items()}
+
+    with pytest.raises(UnsampleError) as caught:
+        apply(models, (good, 1.0), (bad, 1.0))
+
+    assert caught.value.code == ErrorCode.MODEL_INVALID
+    assert "bad.safetensors" in caught.value.message
+    for model, state in ((models.unet, unet_state), (models.text_encoder, text_state)):
+        assert model.state_dict().keys() == state.keys()
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, state[key]), key
+
+
+def test_without_peft_a_lora_is_a_setup_error_naming_it(load, tmp_path, monkeypatch):
+    import importlib.util
+
+    models = load("sd15")
+    path = write_kohya(tmp_path / "style.safetensors", random_updates(targets(models)))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else find_spec(name, *a))
+
+    with pytest.raises(UnsampleError) as caught:
+        apply(models, (path, 1.0))
+
+    assert caught.value.code == ErrorCode.WORKER_SETUP and "peft" in caught.value.message
+    assert apply(models, (path, 0.0)).applied == []  # a job whose LoRAs are all off needs no peft
