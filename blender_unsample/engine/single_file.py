@@ -2,11 +2,12 @@
 
 A checkpoint is one ``.safetensors`` (or a ``.ckpt``/``.pt`` pickle, read weights-only) in the layout
 of the code that trained it: Stable Diffusion's LDM layout for SD 1.5, SGM's for SDXL, AnimateDiff's
-for motion modules, ControlNet 1.x's for ControlNets. diffusers converts the weights
-(``from_single_file``); what the file does not hold, the configs (layer sizes, tokenizer vocabulary,
-training schedule), comes from a diffusers folder the caller names, else from the Hugging Face cache
-of the family's reference repo, downloaded only when allowed. A motion module needs no config: its
-shape is read off its weights.
+for motion modules, ControlNet 1.x's for ControlNets. diffusers' public ``from_single_file`` converts
+the UNet, VAE, ControlNet and motion module; the text encoders only need renaming into transformers'
+names, done here (see :func:`_clip_model`). What the file does not hold, the configs (layer sizes,
+tokenizer vocabulary, training schedule), comes from a diffusers folder the caller names, else from
+the Hugging Face cache of the family's reference repo, downloaded only when allowed. A motion module
+needs no config: its shape is read off its weights.
 
 Nothing here runs code from a file: pickles go through torch's weights-only unpickler, and one that
 needs more is refused.
@@ -64,6 +65,20 @@ _TEXT_ENCODERS = {
         "text_encoder": "conditioner.embedders.0.transformer.",
         "text_encoder_2": "conditioner.embedders.1.model.",
     },
+}
+# SDXL's second text encoder is OpenCLIP's: its names, and transformers' for the same tensors.
+_OPEN_CLIP_TOP = {
+    "token_embedding.weight": "embeddings.token_embedding.weight",
+    "positional_embedding": "embeddings.position_embedding.weight",
+    "ln_final.weight": "final_layer_norm.weight",
+    "ln_final.bias": "final_layer_norm.bias",
+}
+_OPEN_CLIP_LAYER = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+    "attn.out_proj": "self_attn.out_proj",
 }
 _MOTION_KEY = re.compile(
     r"^(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.motion_modules\.(\d+)\.(?:temporal_transformer\.)?(.+)$"
@@ -644,17 +659,15 @@ def _checkpoint_vae(state: Mapping[str, torch.Tensor], folder: Path, file: Path,
 def _text_encoders(
     state: Mapping[str, torch.Tensor], family: str, folder: Path, file: Path, dtype: torch.dtype
 ) -> dict[str, Any]:
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     parts = {}
     for name, prefix in _TEXT_ENCODERS[family].items():
-        cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
-        encoder_state = _with_text_model(_part(state, prefix), prefix)
+        weights = {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+        if name == "text_encoder_2":
+            weights = _from_open_clip(weights)
         parts[name] = _convert(
-            lambda cls=cls, encoder_state=encoder_state, name=name: create_diffusers_clip_model_from_ldm(
-                cls, encoder_state, subfolder=name, config=str(folder), torch_dtype=_dtype(dtype), local_files_only=True
-            ),
+            lambda name=name, weights=weights: _clip_model(name, weights, folder, dtype),
             name.replace("_", " "),
             file,
             str(folder),
@@ -666,12 +679,47 @@ def _text_encoders(
     return parts
 
 
-def _with_text_model(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Some SD 1.x files name their CLIP weights without ``text_model.`` (older transformers did);
-    diffusers expects it. OpenCLIP's naming has no such level and passes unchanged."""
-    if not prefix.endswith(".transformer.") or _has(state, prefix + "text_model."):
-        return state
-    return {prefix + "text_model." + key.removeprefix(prefix): value for key, value in state.items()}
+def _clip_model(name: str, weights: Mapping[str, torch.Tensor], folder: Path, dtype: torch.dtype) -> Any:
+    """One CLIP text encoder in transformers' names, built from its config and filled with ``weights``.
+
+    diffusers' only public loader for these is the pipeline's ``from_single_file``: it takes a path
+    (so it would read the whole file a second time), cannot read SD 1.x files whose CLIP lacks
+    ``text_model.``, and gives SDXL's second encoder the first one's weights when both are equally
+    wide. The weights need only renaming (:func:`_from_open_clip`); transformers does the rest."""
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+    config = CLIPTextConfig.from_pretrained(folder, subfolder=name, local_files_only=True)
+    with init_empty_weights():  # parameters take no memory until the file's are put in; buffers are real
+        model = cls(config)
+    # Files carry transformers 4's names, everything under text_model. (older SD 1.x ones without it);
+    # transformers 5 keeps that level only in the model with a projection. Match the names without it.
+    own = {key.removeprefix("text_model."): key for key in model.state_dict()}
+    plain = {key.removeprefix("text_model."): value for key, value in weights.items()}
+    named = {own[key]: value for key, value in plain.items() if key in own}
+    model.load_state_dict(named, strict=False, assign=True)  # what the file lacks stays on meta: see _convert
+    return model.to(dtype).eval()
+
+
+def _from_open_clip(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SDXL's second text encoder from OpenCLIP's names to transformers' (without ``text_model.``);
+    what has no counterpart (``logit_scale``, ``attn_mask``) is left out."""
+    converted = {}
+    for key, value in weights.items():
+        if key in _OPEN_CLIP_TOP:
+            converted[_OPEN_CLIP_TOP[key]] = value
+        elif key == "text_projection":  # OpenCLIP multiplies by it from the right; a Linear from the left
+            converted["text_projection.weight"] = value.T.contiguous()
+        elif match := re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)", key):
+            layer, module, kind = f"encoder.layers.{match[1]}.", match[2], match[3]
+            if module in _OPEN_CLIP_LAYER:
+                converted[f"{layer}{_OPEN_CLIP_LAYER[module]}.{kind}"] = value
+        elif match := re.fullmatch(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", key):
+            # Query, key and value projections stacked in one tensor, in that order.
+            for part, chunk in zip("qkv", value.chunk(3), strict=True):
+                converted[f"encoder.layers.{match[1]}.self_attn.{part}_proj.{match[2]}"] = chunk
+    return converted
 
 
 def _scheduler(folder: Path, v_prediction: bool) -> Any:
@@ -699,9 +747,8 @@ def _from_folder(load: Callable[[], T], role: str, folder: Path) -> T:
 
 
 def _convert(load: Callable[[], T], role: str, file: Path, config: str) -> T:
-    """Run one diffusers conversion, turning its failures into errors that name the file and config."""
-    from diffusers.loaders.single_file_utils import SingleFileComponentError
-
+    """Run one conversion (diffusers' or :func:`_clip_model`), turning its failures into errors that name
+    the file and config."""
     try:
         model = load()
     except OSError as error:
@@ -716,15 +763,21 @@ def _convert(load: Callable[[], T], role: str, file: Path, config: str) -> T:
         raise UnsampleError(
             ErrorCode.MODEL_INVALID, f"{file.name} lacks some of the {role}'s weights (a pruned or partial file?)"
         ) from error
-    except (ValueError, KeyError, IndexError, SingleFileComponentError) as error:
+    except MemoryError:
+        raise
+    except Exception as error:
+        # diffusers' converters fail by name lookups (KeyError), shapes (ValueError, IndexError), or
+        # with their own error class, which is not public API: all say the weights do not fit the configs.
         raise _mismatch(role, file, config, error) from error
     _check_complete(model, role, file)
     return model
 
 
 def _mismatch(role: str, file: Path, config: str, error: Exception) -> UnsampleError:
-    # diffusers' converters look weights up by name: a KeyError names the one the file lacks.
-    reason = f"it has no {error.args[0]}" if isinstance(error, KeyError) else _first_sentence(error)
+    # diffusers' converters look weights up by name: a KeyError names the one the file lacks. torch's
+    # load_state_dict (the text encoders) names the tensors whose shapes differ on the lines after its first.
+    sizes = [line.strip() for line in str(error).splitlines() if line.strip().startswith("size mismatch")]
+    reason = f"it has no {error.args[0]}" if isinstance(error, KeyError) else (sizes or [_first_sentence(error)])[0]
     return UnsampleError(
         ErrorCode.MODEL_MISMATCH,
         f"the {role} weights in {file.name} do not fit the configs in {config}: {reason}",

@@ -1,6 +1,7 @@
 """Single-file checkpoints, motion modules, ControlNets and VAEs, written in their original layouts
 from the tiny diffusers models and loaded back through blender_unsample.engine.single_file."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,25 @@ def checkpoint_files(originals, tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+@pytest.fixture(scope="session")
+def sdxl_with_unequal_encoders(originals, tiny, tmp_path_factory) -> tuple[Path, Path]:
+    """(file, config folder) of a tiny SDXL whose second text encoder is wider than its first, as
+    SDXL's are (1280 and 768 wide). diffusers' pipeline loader tells the two apart by width alone:
+    given the tiny set, where both are 32 wide, it fills the second with the first's weights."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    folder = tmp_path_factory.mktemp("sdxl_unequal_encoders")
+    configs = folder / "configs"
+    shutil.copytree(tiny["sdxl"].checkpoint, configs, ignore=shutil.ignore_patterns("*.safetensors"))
+    wide = CLIPTextConfig.from_pretrained(configs / "text_encoder_2", hidden_size=48, intermediate_size=96)
+    wide.save_pretrained(configs / "text_encoder_2")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        encoder = CLIPTextModelWithProjection(wide)
+    state = original_checkpoint(originals["sdxl"] | {"text_encoder_2": encoder}, "sdxl")
+    return save(state, folder / "tiny_sdxl_unequal.safetensors"), configs
+
+
 def save(state: dict[str, torch.Tensor], path: Path) -> Path:
     if path.suffix == ".safetensors":
         save_file({key: value.detach().clone().contiguous() for key, value in state.items()}, path)
@@ -130,6 +150,33 @@ def test_a_checkpoint_loads_with_the_weights_it_was_written_from(family, tiny, o
     assert loaded.scheduler.config.prediction_type == "epsilon"
     assert loaded.scheduler.alphas_cumprod.shape == (1000,)
     assert loaded.config == tiny[family].checkpoint
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_components_equal_what_diffusers_own_single_file_loader_gives(
+    family, tiny, checkpoint_files, sdxl_with_unequal_encoders
+):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if family == "sd15":
+        path, configs = checkpoint_files["sd15"], tiny["sd15"].checkpoint
+        reference = StableDiffusionPipeline.from_single_file(
+            str(path), config=str(configs), local_files_only=True, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )  # fmt: skip
+    else:
+        path, configs = sdxl_with_unequal_encoders
+        reference = StableDiffusionXLPipeline.from_single_file(
+            str(path), config=str(configs), local_files_only=True, add_watermarker=False
+        )
+
+    loaded = single_file.load_checkpoint(path, configs)
+
+    for part in ("unet", "vae", *ENCODERS[family]):
+        assert_same_weights(getattr(reference, part), getattr(loaded, part))
+    assert loaded.text_encoder.config.hidden_size == 32
+    if family == "sdxl":  # the encoders' own widths, each from its part of the file
+        assert loaded.text_encoder_2.config.hidden_size == 48
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
@@ -289,6 +336,16 @@ def test_configs_of_the_other_family_do_not_fit(tiny, checkpoint_files):
     with pytest.raises(UnsampleError) as excinfo:
         single_file.load_checkpoint(checkpoint_files["sd15"], tiny["sdxl"].checkpoint)
     assert_error(excinfo, ErrorCode.MODEL_MISMATCH, "tiny_sd15.safetensors", str(tiny["sdxl"].checkpoint))
+
+
+def test_a_text_encoder_that_does_not_fit_its_config_names_the_tensor(checkpoint_files, sdxl_with_unequal_encoders):
+    _, wider_second_encoder = sdxl_with_unequal_encoders
+
+    with pytest.raises(UnsampleError) as excinfo:
+        single_file.load_checkpoint(checkpoint_files["sdxl"], wider_second_encoder)
+    assert_error(
+        excinfo, ErrorCode.MODEL_MISMATCH, "text encoder 2", "tiny_sdxl.safetensors", "token_embedding.weight", "48"
+    )
 
 
 # --- unsafe, damaged and wrong files --------------------------------------------------------------
