@@ -36,7 +36,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -228,73 +227,55 @@ def _counts(report: Path) -> dict[str, int]:
 
 MANIFEST = ROOT / "blender_manifest.toml"
 WHEELS = ROOT / "wheels"
+# What `wheels` runs with, besides pip: uv resolves for another platform and Python with that target's
+# markers, packaging parses requirements, tomlkit rewrites the manifest keeping its comments. All are in
+# every test environment; from another Python, `wheels` runs itself again with .venv's.
+WHEEL_TOOLS = ("uv", "packaging", "tomlkit")
 
 
 @dataclass(frozen=True)
 class Platform:
-    """A platform Blender runs on: pip's tags for wheels that run there, and its Python's markers."""
+    """A platform Blender runs on: uv's name for it when resolving, and pip's tags for the wheels that
+    run there when downloading."""
 
+    uv_platform: str
     pip_tags: tuple[str, ...]
-    sys_platform: str
-    platform_system: str
-    platform_machine: str
-
-    def markers(self, python: str) -> dict[str, str]:
-        """The environment markers (`; sys_platform == "win32"`) of Blender's Python ``python`` there."""
-        return {
-            "sys_platform": self.sys_platform,
-            "platform_system": self.platform_system,
-            "platform_machine": self.platform_machine,
-            "os_name": "nt" if self.sys_platform == "win32" else "posix",
-            "python_version": python,
-            "python_full_version": BLENDER_PYTHONS[python],
-            "implementation_name": "cpython",
-        }
+    environment: tuple[tuple[str, str], ...] = ()  # what uv's resolution for it also needs set
 
 
 # The Pythons Blender bundles: 3.11 in 4.2 LTS to 5.0, 3.13 from 5.1. Each zip carries wheels for both;
 # Blender installs those whose tags fit its own Python (pure-Python and abi3 wheels serve both, once).
-# The full versions only feed `python_full_version` markers: 4.2's 3.11.9, and the lowest 3.13.
-BLENDER_PYTHONS = {"3.11": "3.11.9", "3.13": "3.13.0"}
-
-
-# Blender 4.2 to 5.0 on Linux need glibc 2.28, so every manylinux wheel from 2.17 (manylinux2014) up
+BLENDER_PYTHONS = ("3.11", "3.13")
+# Blender 4.2 to 5.3 on Linux need glibc 2.28, so every manylinux wheel from 2.17 (manylinux2014) up
 # to 2.28 runs there; pip does not widen manylinux_2_X tags by itself, hence the list (manylinux2014
 # it widens to 2010 and 1). macOS tags it does widen, down to 11.0 and to universal2 wheels. Blender
 # runs on macOS 11.2, but torch 2.13's only macOS wheel is tagged 14.0: the macOS zip needs Sonoma.
 MANYLINUX_X64 = (*(f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)), "manylinux2014_x86_64")
 PLATFORMS = {
-    "windows-x64": Platform(("win_amd64",), "win32", "Windows", "AMD64"),
-    "linux-x64": Platform(MANYLINUX_X64, "linux", "Linux", "x86_64"),
-    "macos-arm64": Platform(("macosx_14_0_arm64",), "darwin", "Darwin", "arm64"),
+    "windows-x64": Platform("x86_64-pc-windows-msvc", ("win_amd64",)),
+    "linux-x64": Platform("x86_64-manylinux_2_28", MANYLINUX_X64),
+    "macos-arm64": Platform("aarch64-apple-darwin", ("macosx_14_0_arm64",), (("MACOSX_DEPLOYMENT_TARGET", "14.0"),)),
 }
-LEFT_OUT_WHEN_LITE = {"torch"}
-# pip evaluates markers against the Python that runs it, even with --platform: from Linux, a Windows
-# download would pull Linux-only CUDA wheels and miss Windows-only ones (colorama). This runs pip with
-# the target's marker values instead, by replacing the function of pip's vendored `packaging` that
-# supplies them; should pip ever move it, the shim fails with an ImportError or AttributeError.
-PIP_FOR_TARGET = """
-import json, runpy, sys
-from pip._vendor.packaging import markers
-target = json.loads(sys.argv.pop(1))
-host = markers.default_environment
-markers.default_environment = lambda: {**host(), **target}
-sys.argv[0] = "pip"
-runpy.run_module("pip", run_name="__main__", alter_sys=True)
-"""
+LEFT_OUT_WHEN_LITE = ("torch",)
 
 
 def wheels(args: list[str]) -> int:
+    if not all(importlib.util.find_spec(tool) for tool in WHEEL_TOOLS):
+        python = ensure_environment(MAIN_ENV)
+        return subprocess.run([str(python), str(Path(__file__).resolve()), "wheels", *args]).returncode
     options = _wheels_parser().parse_args(args)
     options.platform = list(dict.fromkeys(options.platform))
     requirements = options.requirements or list(ENGINE)
     if options.lite:
         requirements = [r for r in requirements if _name(r) not in LEFT_OUT_WHEN_LITE]
-    sources = _pip_sources(options)
     scratch = ROOT / "build" / "wheels-download"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    (scratch / "pip_for_target.py").write_text(PIP_FOR_TARGET, encoding="utf-8")
+    (scratch / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
+    # Left out for real: dropped from the resolution, with whatever only they need (a marker that never
+    # holds is uv's way to remove a dependency), not merely left out of the download.
+    left_out = LEFT_OUT_WHEN_LITE if options.lite else ()
+    (scratch / "overrides.txt").write_text("".join(f"{name}; sys_platform == 'never'\n" for name in left_out))
     # Pins stay exact on every platform. A pin such as torch==2.13.0 also matches builds named
     # 2.13.0+cu128 or +cpu (a pin without a local label ignores it), which is how PyTorch's own indexes
     # name theirs, and a wheel needing a newer OS is taken through the platform's tags (torch's macOS
@@ -302,11 +283,8 @@ def wheels(args: list[str]) -> int:
     # platform rather than falling back to another version: a version the tests never ran would ship.
     for platform in options.platform:
         for python in BLENDER_PYTHONS:
-            found = _resolve(platform, python, requirements, sources, scratch)
-            keep = _needed(found, {_name(r) for r in requirements}, LEFT_OUT_WHEN_LITE if options.lite else set())
-            pins = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in keep]
-            download = ["download", "--no-deps", "--quiet", "--dest", str(scratch / "wheels"), *pins]
-            _pip(platform, python, download, sources, scratch)
+            pins = _resolve(platform, python, options, scratch)
+            _download(platform, python, pins, options, scratch / "wheels")
             print(f"build.py: {platform}, Python {python}: {len(pins)} wheels", flush=True)
     names = _replace_wheels(sorted((scratch / "wheels").glob("*.whl")))
     write_manifest_lists(options.platform, names)
@@ -325,7 +303,8 @@ def _wheels_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pip_sources(options: argparse.Namespace) -> list[str]:
+def _sources(options: argparse.Namespace) -> list[str]:
+    """Where uv and pip look for packages; the same options mean the same to both."""
     if options.wheelhouse and options.torch_index:
         sys.exit("build.py wheels: --wheelhouse works offline, --torch-index needs an index: pick one")
     if options.lite and options.torch_index:
@@ -337,62 +316,49 @@ def _pip_sources(options: argparse.Namespace) -> list[str]:
     return ["--extra-index-url", options.torch_index] if options.torch_index else []
 
 
-def _resolve(platform: str, python: str, requirements: list[str], sources: list[str], scratch: Path) -> list[dict]:
-    """What pip would install for Blender's Python ``python`` on that platform: its report, no download."""
-    report = scratch / f"{platform}-{python}.json"
-    # --target only because pip refuses --platform without it; a dry run writes nothing there.
-    install = ["install", "--dry-run", "--ignore-installed", "--quiet", "--target", str(scratch / "target")]
-    _pip(platform, python, [*install, "--report", str(report), *requirements], sources, scratch)
-    return json.loads(report.read_text(encoding="utf-8"))["install"]
-
-
-def _needed(found: list[dict], roots: set[str], left_out: set[str]) -> list[dict]:
-    """The resolved distributions the roots depend on, never walking into the left-out ones.
-
-    Without anything left out that is all of them. pip has already dropped dependencies whose platform
-    markers are false; those behind `extra == ...` markers are extras nobody asked for."""
-    by_name = {_name(item["metadata"]["name"]): item for item in found}
-    needed: set[str] = set()
-    todo = list(roots)
-    while todo:
-        name = todo.pop()
-        if name in needed or name in left_out or name not in by_name:
-            continue
-        needed.add(name)
-        for dependency in by_name[name]["metadata"].get("requires_dist", []):
-            requirement, _, marker = dependency.partition(";")
-            if "extra" not in marker:
-                todo.append(_name(requirement))
-    return [item for name, item in by_name.items() if name in needed or not left_out]
-
-
-def _pip(platform: str, python: str, args: list[str], sources: list[str], scratch: Path) -> None:
+def _resolve(platform: str, python: str, options: argparse.Namespace, scratch: Path) -> list[str]:
+    """Exact pins of every wheel Blender's Python ``python`` needs on ``platform``, resolved by uv with
+    that target's markers (a Windows-only dependency for Windows, none of Linux's CUDA libraries there)."""
     target = PLATFORMS[platform]
-    tags = [f"--platform={tag}" for tag in target.pip_tags]
-    cp = "cp" + python.replace(".", "")
-    binary = ["--only-binary=:all:", f"--python-version={python}", "--implementation=cp", f"--abi={cp}", *tags]
-    command, *rest = args
-    pip = [_pip_python(), str(scratch / "pip_for_target.py"), json.dumps(target.markers(python)), command]
-    pip.append("--disable-pip-version-check")
-    if subprocess.run([*pip, *binary, *sources, *rest]).returncode != 0:
+    lock = scratch / f"pylock.{platform}-{python.replace('.', '')}.toml"
+    command = [sys.executable, "-m", "uv", "pip", "compile", str(scratch / "requirements.txt"), "--quiet"]
+    command += ["--python-platform", target.uv_platform, "--python-version", python, "--only-binary", ":all:"]
+    command += ["--override", str(scratch / "overrides.txt"), "--no-header", "--output-file", str(lock)]
+    sources = _sources(options)
+    if options.torch_index:
+        # uv takes a package only from the first index that has it; torch's index also carries old
+        # numpy and pillow builds, so let every index offer every package, as pip does.
+        sources += ["--index-strategy", "unsafe-best-match"]
+    if subprocess.run([*command, *sources], env=dict(os.environ, **dict(target.environment))).returncode != 0:
         sys.exit(
-            f"build.py wheels: pip found no set of {cp} wheels for {platform} (its message is above). If a pinned"
-            " version has no wheel there, leave the platform out (--platform) or change the pin (with a"
+            f"build.py wheels: no set of wheels for Python {python} on {platform} (uv's message is above). If a"
+            " pinned version has no wheel there, leave the platform out (--platform) or change the pin (with a"
             f" python_version marker where the two Pythons need different ones) in {WORKER_REQUIREMENTS.name}"
         )
+    packages = tomllib.loads(lock.read_text(encoding="utf-8")).get("packages", [])
+    return [f"{package['name']}=={package['version']}" for package in packages]
 
 
-def _pip_python() -> str:
-    """This Python when it has pip (markers and tags come from the target, not from it), else .venv's."""
-    return sys.executable if importlib.util.find_spec("pip") else str(ensure_environment(MAIN_ENV))
+def _download(platform: str, python: str, pins: list[str], options: argparse.Namespace, folder: Path) -> None:
+    """The wheels of exact pins, for the target's tags; nothing is resolved here (``--no-deps``), so no
+    marker is read against the Python that runs pip. A wheel both Pythons use is fetched once."""
+    cp = "cp" + python.replace(".", "")
+    tags = [f"--platform={tag}" for tag in PLATFORMS[platform].pip_tags]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check"]
+    command += ["--only-binary=:all:", f"--python-version={python}", "--implementation=cp", f"--abi={cp}", *tags]
+    if subprocess.run([*command, *_sources(options), "--dest", str(folder), *pins]).returncode != 0:
+        sys.exit(f"build.py wheels: pip could not download the {cp} wheels for {platform} (its message is above)")
 
 
 def _name(requirement: str) -> str:
-    """The normalised project name at the start of a requirement (PEP 503)."""
-    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
-    if not match:
-        sys.exit(f"build.py: not a requirement: {requirement!r}")
-    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
+    """The normalised project name of a requirement (PEP 503)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        return canonicalize_name(Requirement(requirement).name)
+    except InvalidRequirement as error:
+        sys.exit(f"build.py: not a requirement: {requirement!r} ({error})")
 
 
 def _replace_wheels(downloaded: list[Path]) -> list[str]:
@@ -405,27 +371,21 @@ def _replace_wheels(downloaded: list[Path]) -> list[str]:
 
 
 def write_manifest_lists(platforms: list[str], wheel_names: list[str]) -> None:
-    """Rewrite the manifest's `platforms` and `wheels` as plain text, so its comments survive.
+    """Set the manifest's `platforms` and `wheels`, keeping its comments and layout (tomlkit).
 
     `platforms` follows the wheels: a zip for a platform whose wheels were not fetched would install
-    and then fail in the worker."""
-    text = MANIFEST.read_text(encoding="utf-8")
-    head, tables = re.match(r"(.*?)(^\[.*|\Z)", text, re.S | re.M).groups()  # top-level keys end at a table
-    head = _set_list(head, "platforms", [json.dumps(p) for p in platforms], multiline=False)
-    head = _set_list(head, "wheels", [json.dumps(f"./wheels/{name}") for name in wheel_names], multiline=True)
-    MANIFEST.write_text(head + tables, encoding="utf-8")
+    and then fail in the worker. No wheels: no `wheels` key."""
+    import tomlkit
 
-
-def _set_list(text: str, key: str, values: list[str], *, multiline: bool) -> str:
-    """Set a top-level list in place; a new one goes after `platforms` (or last); an empty one goes."""
-    body = "".join(f"\n  {value}," for value in values) + "\n" if multiline else ", ".join(values)
-    line = f"{key} = [{body}]\n" if values else ""
-    existing = re.search(rf"^{key} = \[.*?\]\n", text, re.S | re.M)
-    if existing:
-        return text[: existing.start()] + line + text[existing.end() :]
-    after = re.search(r"^platforms = \[.*?\]\n", text, re.S | re.M)
-    anchor = after.end() if after else len(text)
-    return text[:anchor] + line + text[anchor:]
+    manifest = tomlkit.parse(MANIFEST.read_text(encoding="utf-8"))
+    manifest["platforms"] = platforms
+    if wheel_names:
+        listed = tomlkit.array()
+        listed.extend(f"./wheels/{name}" for name in wheel_names)
+        manifest["wheels"] = listed.multiline(True)
+    else:
+        manifest.pop("wheels", None)
+    MANIFEST.write_text(tomlkit.dumps(manifest), encoding="utf-8")
 
 
 # --- zip: the extension, built and checked by Blender's own tool -----------------------------------

@@ -33,6 +33,56 @@ def test_addon_never_imports_torch_or_model_libraries(path):
     assert not imported_modules(path) & HEAVY
 
 
+def engine_imports(path: Path) -> set[str]:
+    """The engine modules ``path`` imports, as dotted names under ``engine`` ("protocol", "method.samplers")."""
+    package = path.relative_to(PACKAGE).parent.parts  # ("addon",), ("engine", "job"), ...
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level == 0:
+            parts = (node.module or "").split(".")
+            if parts[:2] != ["blender_unsample", "engine"]:
+                continue
+            parts = parts[1:]
+        else:
+            parts = [*package[: len(package) - node.level + 1], *(node.module or "").split(".")]
+        if parts[:1] != ["engine"]:
+            continue
+        module = ".".join(p for p in parts[1:] if p)
+        if module:
+            names.add(module)
+        else:  # `from .. import protocol`: the names are the modules
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "addon").rglob("*.py")), ids=lambda p: p.name)
+def test_addon_reaches_the_engine_only_through_protocol_and_errors(path):
+    assert engine_imports(path) <= {"protocol", "errors"}
+
+
+# Each layer may import the ones listed after it, and nothing else of the engine (the command line's
+# tiny-models command builds the test fixture models).
+LAYERS = {
+    "job": {"models", "method", "protocol", "errors", "tiny_models"},
+    "models": {"protocol", "errors"},
+    "method": {"protocol"},
+}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_engine_layers_import_only_the_layers_below(layer):
+    for path in sorted((PACKAGE / "engine" / layer).rglob("*.py")):
+        reached = {name.split(".")[0] for name in engine_imports(path)}
+        assert reached <= LAYERS[layer] | {layer}, f"{path.name} reaches {reached - LAYERS[layer] - {layer}}"
+
+
+def test_the_method_needs_no_diffusers():
+    for path in sorted((PACKAGE / "engine" / "method").rglob("*.py")):
+        assert not imported_modules(path) & (HEAVY - {"torch"}), path.name
+
+
 def test_importing_the_package_loads_neither_bpy_nor_torch():
     code = "import sys, blender_unsample; print(sorted({'bpy', 'torch'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

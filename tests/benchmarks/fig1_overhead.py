@@ -9,7 +9,7 @@ import torch
 from jobs import build_tiny_models, job_spec, timed_model_calls, write_clip
 from report import Figure
 
-from blender_unsample.engine.pipeline import restyle
+from blender_unsample.engine.job.pipeline import restyle
 
 
 def measure(quick: bool, scratch: Path) -> Figure:

@@ -23,12 +23,12 @@ from jobs import build_tiny_models, write_clip
 from PIL import Image
 from report import Figure
 
-from blender_unsample.engine.context import ContextWindowDenoiser, context_windows
-from blender_unsample.engine.control import ControlledUNet
-from blender_unsample.engine.denoisers import Guidance, UNetDenoiser
-from blender_unsample.engine.prompts import encode_prompt
-from blender_unsample.engine.schedules import get_sigmas
-from blender_unsample.engine.unsampling import resample, unsample
+from blender_unsample.engine.job.control import ControlledUNet
+from blender_unsample.engine.job.prompts import encode_prompt
+from blender_unsample.engine.method.context import ContextWindowDenoiser, context_windows
+from blender_unsample.engine.method.denoisers import Guidance, UNetDenoiser
+from blender_unsample.engine.method.schedules import get_sigmas
+from blender_unsample.engine.method.unsampling import resample, unsample
 
 FRAMES = 16  # one AnimateDiff window: diffusers' pipeline has no window fusion of its own
 STEPS = 16

@@ -15,9 +15,9 @@ import torch
 from jobs import build_tiny_models, job_spec, write_clip
 from report import Figure
 
-from blender_unsample.engine import pipeline
-from blender_unsample.engine.pipeline import restyle
-from blender_unsample.engine.progress import ProgressTracker
+from blender_unsample.engine.job import pipeline
+from blender_unsample.engine.job.pipeline import restyle
+from blender_unsample.engine.job.progress import ProgressTracker
 
 
 @contextmanager

@@ -9,10 +9,10 @@ from gaussian_mixture import GaussianMixture
 from jobs import build_tiny_models
 from report import Figure
 
-from blender_unsample.engine import schedules
-from blender_unsample.engine.denoisers import Guidance, UNetDenoiser
-from blender_unsample.engine.prompts import encode_prompt
-from blender_unsample.engine.unsampling import resample, unsample
+from blender_unsample.engine.job.prompts import encode_prompt
+from blender_unsample.engine.method import schedules
+from blender_unsample.engine.method.denoisers import Guidance, UNetDenoiser
+from blender_unsample.engine.method.unsampling import resample, unsample
 
 
 def round_trip(model, x0, sampler, steps, refine, calls, extra=None) -> tuple[float, int]:

@@ -10,16 +10,16 @@ notes put numbers on those. The same count is checked against the CPU allocator 
 run. Attention is counted as PyTorch's fused SDPA kernels hold it on a GPU: output and row
 statistics, never the attention matrix.
 
-The job is modelled phase by phase as ``engine/pipeline.py`` runs it: the prompts, by the text
+The job is modelled phase by phase as ``engine/job/pipeline.py`` runs it: the prompts, by the text
 encoders alone (freed after); the frames, VAE encoded ``vae_batch`` at a time; the clip, sampled a
 context window at a time (CFG doubles the batch); and the frames decoded ``vae_batch`` at a time.
-``--vae-batch`` 0, the default, is the engine's own choice (``_default_vae_batch``): 8 frames a
+``--vae-batch`` 0, the default, is the engine's own choice (``default_vae_batch``): 8 frames a
 call for SD1.5, 1 for SDXL's own VAE in fp32, 2 for an fp16-fix one. Without ``--cpu-offload`` the
 UNet with its motion module, the ControlNet and the VAE stay on the GPU from the first frame
 encoded to the last one decoded. With it, each phase brings only its own models onto the GPU and
-sends them back to the CPU after (``Residency.phase`` in ``engine/devices.py``): the text encoders
+sends them back to the CPU after (``Residency.phase`` in ``engine/job/devices.py``): the text encoders
 for the prompts, the VAE for encoding and for decoding, the UNet and the ControlNet for sampling.
-``--vae-tiling`` (``_tile_vae``) makes the VAE work in 256-px tiles overlapping by a quarter, even
+``--vae-tiling`` (``tile_vae``) makes the VAE work in 256-px tiles overlapping by a quarter, even
 at 512² and 1024²; it is measured through diffusers' own tiled encode and decode, tile by tile and
 blend by blend. The clip's latents stay on the GPU throughout.
 """
@@ -293,7 +293,7 @@ def build(setup: Setup) -> Models:
         if xl:
             encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG)))
     if setup.motion == "hotshot":
-        from blender_unsample.engine.hotshot import apply_hotshot_norms
+        from blender_unsample.engine.models.hotshot import apply_hotshot_norms
 
         apply_hotshot_norms(unet)
     family = "SDXL" if xl else "SD1.5"
@@ -322,7 +322,7 @@ def build(setup: Setup) -> Models:
 @contextlib.contextmanager
 def feed_forward_chunked(models: Models, chunk: bool) -> Iterator[None]:
     """The UNet and ControlNet with --chunk-feed-forward (devices.chunk_feed_forward) for a while."""
-    from blender_unsample.engine.devices import chunk_feed_forward
+    from blender_unsample.engine.job.devices import chunk_feed_forward
 
     chunked = (models.unet, models.controlnet) if chunk else ()
     for model in chunked:
@@ -388,12 +388,12 @@ def unet_step(
 
 def vae_pass(vae: Any, size: int, batch: int, decode: bool, tiled: bool = False) -> LiveBytes:
     """One VAE call on ``batch`` frames, as pipeline.py's _read_source / _decode_frames make it; ``tiled``:
-    with the job's --vae-tiling, set up by the engine's own ``_tile_vae``."""
-    from blender_unsample.engine.pipeline import _tile_vae
+    with the job's --vae-tiling, set up by the engine's own ``tile_vae``."""
+    from blender_unsample.engine.job.devices import tile_vae
 
     untiled = (vae.tile_sample_min_size, vae.tile_latent_min_size)
     if tiled:
-        _tile_vae(vae)
+        tile_vae(vae)
     scale = vae.config.scaling_factor
     try:
         with counting(vae) as tracker:
@@ -416,10 +416,10 @@ def vae_pass(vae: Any, size: int, batch: int, decode: bool, tiled: bool = False)
 def tiles(vae: Any, size: int) -> tuple[int, int, int, float]:
     """How --vae-tiling cuts a ``size``² frame for decoding, as AutoencoderKL.tiled_decode steps over the
     latents: tiles a side, tile side and overlap in pixels, and the decoder's work against one whole frame."""
-    from blender_unsample.engine.pipeline import _tile_vae
+    from blender_unsample.engine.job.devices import tile_vae
 
     untiled = (vae.tile_sample_min_size, vae.tile_latent_min_size)
-    _tile_vae(vae)
+    tile_vae(vae)
     latent, pixels = vae.tile_latent_min_size, vae.tile_sample_min_size
     step = int(latent * (1 - vae.tile_overlap_factor))
     vae.disable_tiling()
@@ -442,8 +442,8 @@ def clip_bytes_per_frame(latent_side: int) -> float:
     """Clip-length fp32 latents the sampling passes keep on the GPU (source latents, the unsampled
     noise, the sampler's x and denoised, the window fusion's sums), per clip frame: measured on the
     engine's own samplers and window fusion with a stand-in model, as a slope over clip length."""
-    from blender_unsample.engine.context import ContextWindowDenoiser, context_windows
-    from blender_unsample.engine.samplers import sample_dpmpp_2m, sample_euler_inverse
+    from blender_unsample.engine.method.context import ContextWindowDenoiser, context_windows
+    from blender_unsample.engine.method.samplers import sample_dpmpp_2m, sample_euler_inverse
 
     def stand_in(x: torch.Tensor, sigma: float, **_: Any) -> torch.Tensor:
         return x * 0.5  # a fresh window-sized fp32 tensor, as the guided UNet call returns
@@ -577,9 +577,9 @@ class Lab:
 
     def default_batch(self, setup: Setup) -> int:
         """Frames per VAE call at --vae-batch 0: the engine's own choice for this VAE and dtype."""
-        from blender_unsample.engine.pipeline import _default_vae_batch
+        from blender_unsample.engine.job.devices import default_vae_batch
 
-        return _default_vae_batch(self.models(setup).vae)
+        return default_vae_batch(setup.family, self.models(setup).vae.dtype)
 
     def text(self, setup: Setup) -> int:
         models = self.models(setup)
@@ -882,9 +882,9 @@ def notes(lab: Lab, check: dict[str, float], seconds: float) -> list[str]:
         f"madebyollin/sdxl-vae-fp16-fix); encode {gib(encode_xl[1])} GiB "
         "per 1024² fp32 frame. The peak is in the last up block's first ResNet, where the 256-channel full-size "
         "input, its GroupNorm and its SiLU are alive at once. Hence the engine's frames per VAE call at "
-        f"--vae-batch 0 (_default_vae_batch), which every default row uses: {defaults[0]} for SD1.5, "
+        f"--vae-batch 0 (default_vae_batch), which every default row uses: {defaults[0]} for SD1.5, "
         f"{defaults[1]} for SDXL's own VAE in fp32, {defaults[2]} for the fp16-fix one.",
-        f"--vae-tiling tiles these sizes too: the engine (_tile_vae) lowers diffusers' tile to {side} px, so "
+        f"--vae-tiling tiles these sizes too: the engine (tile_vae) lowers diffusers' tile to {side} px, so "
         f"a frame is cut into tiles of {side}² overlapping by {overlap} px, {n15}×{n15} of them at 512² and "
         f"{n_xl}×{n_xl} at 1024² (diffusers steps by three quarters of a tile; the last row and column are "
         "narrower). AutoencoderKL.tiled_decode runs the decoder on one tile after another, keeps every decoded "
@@ -905,7 +905,7 @@ def notes(lab: Lab, check: dict[str, float], seconds: float) -> list[str]:
         f"{clip_latent_bytes(xl16.size) / 2**20:.2f} MiB at 1024²) sit beside the VAE, counted there too.",
         f"Text encoders are on the GPU alone, before the rest, with or without --cpu-offload: {gib(text15)} GiB "
         f"for SD1.5, {gib(text_xl)} GiB for SDXL's two, weights included; freed after the prompts; never the peak.",
-        "--cpu-offload (Residency.phase, engine/devices.py) keeps on the GPU only the models of the phase at hand "
+        "--cpu-offload (Residency.phase, engine/job/devices.py) keeps on the GPU only the models of the phase at hand "
         "and sends them back to the CPU after it: the text encoders for the prompts, the VAE alone while frames "
         "are encoded and decoded, the UNet with its motion module and the ControlNet while sampling. Encoding "
         f"and decoding so lose the UNet's and ControlNet's weights ({gib(w_xl['unet'] + w_xl['controlnet'])} GiB "

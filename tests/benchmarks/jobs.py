@@ -15,7 +15,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "engine")]
 
 from conftest import write_clip  # noqa: E402  (the tests' clip writer: a moving disc, a panning background)
 
-from blender_unsample.engine import pipeline  # noqa: E402
+from blender_unsample.engine.job import pipeline  # noqa: E402
 from blender_unsample.engine.protocol import JobSpec  # noqa: E402
 from blender_unsample.engine.tiny_models import TinyModels, build_tiny_models  # noqa: E402
 

@@ -5,9 +5,9 @@ import torch
 from diffusers import EulerDiscreteScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from blender_unsample.engine import schedules
-from blender_unsample.engine.denoisers import Conditioning, Guidance, UNetDenoiser
-from blender_unsample.engine.unsampling import resample, unsample
+from blender_unsample.engine.method import schedules
+from blender_unsample.engine.method.denoisers import Conditioning, Guidance, UNetDenoiser
+from blender_unsample.engine.method.unsampling import resample, unsample
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from formats import ldm_vae
 from PIL import Image
 from safetensors.torch import save_file
 
-from blender_unsample.engine.devices import placement_for, vae_dtype
 from blender_unsample.engine.errors import UnsampleError
-from blender_unsample.engine.models import load_components
-from blender_unsample.engine.pipeline import restyle
+from blender_unsample.engine.job.devices import placement_for
+from blender_unsample.engine.job.pipeline import restyle
+from blender_unsample.engine.models.components import load_components, vae_dtype
 from blender_unsample.engine.protocol import DEFAULT_MODELS, Done, ErrorCode, JobSpec
 
 
@@ -56,7 +56,7 @@ def test_sdxl_restyles_with_both_text_encoders_motion_and_controlnet(tiny_sdxl, 
 def test_the_sdxl_prompt_uses_both_encoders_pooled_text_and_the_frame_size(tiny_sdxl):
     spec = sdxl_spec(tiny_sdxl, "in", "out", control="none")
     components = load_components(spec, torch.float32, torch.float32)
-    from blender_unsample.engine.prompts import encode_prompt
+    from blender_unsample.engine.job.prompts import encode_prompt
 
     with torch.inference_mode():
         cond = encode_prompt(

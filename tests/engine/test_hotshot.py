@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hotshot_format import reference_temporal_layer, write_hotshot_file
 
 from blender_unsample.engine.errors import UnsampleError
-from blender_unsample.engine.hotshot import (
+from blender_unsample.engine.models.hotshot import (
     HOTSHOT_CONTEXT,
     hotshot_motion_adapter,
     hotshot_motion_unet,

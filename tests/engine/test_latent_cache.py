@@ -10,9 +10,9 @@ import torch
 from conftest import write_clip
 from PIL import Image
 
-from blender_unsample.engine.devices import Placement
-from blender_unsample.engine.latent_cache import LatentCache, cache_key
-from blender_unsample.engine.pipeline import restyle
+from blender_unsample.engine.job.devices import Placement
+from blender_unsample.engine.job.latent_cache import LatentCache, cache_key
+from blender_unsample.engine.job.pipeline import restyle
 from blender_unsample.engine.protocol import Done, Progress
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from lora_format import Update, random_updates, rounded, write_kohya, write_peft
 
-from blender_unsample.engine import lora
 from blender_unsample.engine.errors import UnsampleError
-from blender_unsample.engine.lora import apply_loras
+from blender_unsample.engine.models import lora
+from blender_unsample.engine.models.lora import apply_loras
 from blender_unsample.engine.protocol import ErrorCode
 from blender_unsample.engine.tiny_models import build_tiny_models
 
@@ -389,7 +389,7 @@ def test_a_lora_of_the_other_family_is_refused_before_anything_changes(lora_fami
 def test_a_job_with_a_lora_of_the_other_family_names_both_files_and_families(
     lora_family, model_family, tiny_models, tiny_sdxl, load, tmp_path
 ):
-    from blender_unsample.engine.models import load_components
+    from blender_unsample.engine.models.components import load_components
     from blender_unsample.engine.protocol import JobSpec
 
     other = write_kohya(tmp_path / "other.safetensors", random_updates(targets(load(lora_family)), seed=3))

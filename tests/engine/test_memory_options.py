@@ -6,9 +6,9 @@ import torch
 from conftest import write_clip
 from PIL import Image
 
-from blender_unsample.engine import devices
-from blender_unsample.engine.devices import Residency
-from blender_unsample.engine.pipeline import _default_vae_batch, restyle
+from blender_unsample.engine.job import devices
+from blender_unsample.engine.job.devices import Residency, default_vae_batch
+from blender_unsample.engine.job.pipeline import restyle
 
 
 class Recorder(torch.nn.Module):
@@ -55,14 +55,11 @@ def test_offload_does_nothing_off_cuda():
     assert log == [("unet", "mps")]
 
 
-def test_the_vae_batch_follows_the_family_when_unset(tiny_models, tiny_sdxl):
-    from diffusers import AutoencoderKL
-
-    sd15 = AutoencoderKL.from_pretrained(tiny_models.checkpoint, subfolder="vae")
-    sdxl = AutoencoderKL.from_pretrained(tiny_sdxl.checkpoint, subfolder="vae")
-    assert _default_vae_batch(sd15) == 8
-    assert _default_vae_batch(sdxl) == 1  # full precision: about 3 GB a frame at 1024 px
-    assert _default_vae_batch(sdxl.to(torch.float16)) == 2
+def test_the_vae_batch_follows_the_family_when_unset():
+    assert default_vae_batch("sd15", torch.float32) == 8
+    assert default_vae_batch("sd15", torch.float16) == 8
+    assert default_vae_batch("sdxl", torch.float32) == 1  # full precision: about 3 GB a frame at 1024 px
+    assert default_vae_batch("sdxl", torch.float16) == 2
 
 
 def test_vae_tiling_really_tiles_and_keeps_the_picture(tiny_spec, tmp_path):

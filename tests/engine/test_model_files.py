@@ -15,8 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from blender_unsample.engine.errors import UnsampleError
-from blender_unsample.engine.models import load_components
-from blender_unsample.engine.pipeline import restyle
+from blender_unsample.engine.job.pipeline import restyle
+from blender_unsample.engine.models.components import load_components
 from blender_unsample.engine.protocol import Done, ErrorCode, JobSpec
 
 

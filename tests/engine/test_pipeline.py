@@ -6,7 +6,7 @@ from conftest import write_clip
 from PIL import Image
 
 from blender_unsample.engine.errors import UnsampleError
-from blender_unsample.engine.pipeline import restyle
+from blender_unsample.engine.job.pipeline import restyle
 from blender_unsample.engine.protocol import Done, ErrorCode, FrameWritten, Progress, WarningEvent
 
 

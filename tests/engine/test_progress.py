@@ -1,6 +1,6 @@
 import pytest
 
-from blender_unsample.engine.progress import ProgressTracker
+from blender_unsample.engine.job.progress import ProgressTracker
 from blender_unsample.engine.protocol import Progress
 
 

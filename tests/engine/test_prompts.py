@@ -10,9 +10,9 @@ from conftest import write_clip
 from formats import original_checkpoint
 from safetensors.torch import save_file
 
-from blender_unsample.engine import pipeline
-from blender_unsample.engine.models import forces_zeros_for_empty_prompt, load_components
-from blender_unsample.engine.prompts import encode_prompt
+from blender_unsample.engine.job import pipeline
+from blender_unsample.engine.job.prompts import encode_prompt
+from blender_unsample.engine.models.components import forces_zeros_for_empty_prompt, load_components
 from blender_unsample.engine.protocol import JobSpec
 
 CPU = torch.device("cpu")
@@ -134,11 +134,11 @@ def test_both_passes_get_diffusers_uncond(sdxl_checkpoint, diffusers_pipelines, 
     write_clip(clip, 2, size=SIZE)
     seen = {}
 
-    def capture(*args):
-        seen["guidance"] = args[10]
+    def capture(run, *args):
+        seen["guidance"] = run.guidance["unsample"], run.guidance["resample"]
         raise _Stop
 
-    monkeypatch.setattr(pipeline, "_restyle_latents", capture)
+    monkeypatch.setattr(pipeline.RestyleRun, "sample", capture)
     spec = spec_for(folder, clip, out=str(tmp_path / "out"), unsample_prompt=unsample_prompt, cfg=2.0, unsample_cfg=4.0)
     with pytest.raises(_Stop):
         pipeline.restyle(spec, lambda event: None)

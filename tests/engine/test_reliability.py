@@ -11,9 +11,9 @@ import torch
 from conftest import write_clip
 from PIL import Image
 
-from blender_unsample.engine import models as models_module
 from blender_unsample.engine.errors import Cancelled, UnsampleError
-from blender_unsample.engine.pipeline import restyle
+from blender_unsample.engine.job.pipeline import restyle
+from blender_unsample.engine.models import components as models_module
 from blender_unsample.engine.protocol import ErrorCode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def test_a_full_disk_stops_the_job_with_whole_frames_only(tiny_spec, tmp_path, m
 
 
 def test_running_out_of_gpu_memory_names_the_options_that_lower_it(tiny_spec, tmp_path, monkeypatch):
-    from blender_unsample.engine import context
+    from blender_unsample.engine.method import context
 
     clip = tmp_path / "clip"
     write_clip(clip, 3)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from gaussian_mixture import GaussianMixture
 
-from blender_unsample.engine import schedules
-from blender_unsample.engine.samplers import UnsupportedSamplerError, get_sampler
-from blender_unsample.engine.unsampling import resample, unsample
+from blender_unsample.engine.method import schedules
+from blender_unsample.engine.method.samplers import UnsupportedSamplerError, get_sampler
+from blender_unsample.engine.method.unsampling import resample, unsample
 
 SAMPLERS = ["euler", "dpmpp_2m"]
 
@@ -124,7 +124,7 @@ def test_one_model_call_per_step(mixture, data, sampler):
 
 
 def test_refinement_cuts_the_euler_round_trip_error_to_a_third_or_less(mixture, data):
-    from blender_unsample.engine.unsampling import resample, unsample
+    from blender_unsample.engine.method.unsampling import resample, unsample
 
     sigmas = schedules.ays(16)
     errors, calls = {}, {}

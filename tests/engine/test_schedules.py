@@ -5,7 +5,7 @@ import torch
 from diffusers import EulerDiscreteScheduler
 from diffusers.schedulers import AysSchedules
 
-from blender_unsample.engine import schedules
+from blender_unsample.engine.method import schedules
 
 # How SD 1.5 and SDXL were trained: 1000 timesteps of scaled-linear betas from 0.00085 to 0.012.
 TRAINING = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}

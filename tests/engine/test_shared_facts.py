@@ -114,13 +114,13 @@ def test_protocol_and_addon_paths_load_without_torch_or_bpy():
 
 
 def test_samplers():
-    from blender_unsample.engine import samplers
+    from blender_unsample.engine.method import samplers
 
     assert list(samplers.SAMPLERS) == list(protocol.SAMPLERS)
 
 
 def test_schedulers_work_for_every_family():
-    from blender_unsample.engine import schedules
+    from blender_unsample.engine.method import schedules
 
     training = torch.linspace(0.03, 14.6, 1000, dtype=torch.float64)
     for family in protocol.FAMILIES:
@@ -131,7 +131,9 @@ def test_schedulers_work_for_every_family():
 
 
 def test_families():
-    from blender_unsample.engine import families, schedules, tiny_models
+    from blender_unsample.engine import tiny_models
+    from blender_unsample.engine.method import schedules
+    from blender_unsample.engine.models import families
 
     assert set(protocol.NATIVE_SIZE) == set(protocol.FAMILY_NAMES) == set(protocol.FAMILIES)
     assert set(schedules.AYS_SIGMAS) == set(protocol.FAMILIES), "each family needs its Align Your Steps list"
@@ -140,7 +142,7 @@ def test_families():
 
 
 def test_controls_each_have_a_hint_and_a_default_controlnet_per_family():
-    from blender_unsample.engine.control import make_hints
+    from blender_unsample.engine.job.control import make_hints
 
     frames = torch.randint(0, 256, (1, 16, 16, 3), dtype=torch.uint8).numpy()
     hinted = [kind for kind in protocol.CONTROLS if kind != "none"]
@@ -153,7 +155,7 @@ def test_controls_each_have_a_hint_and_a_default_controlnet_per_family():
 
 
 def test_fusions():
-    from blender_unsample.engine.context import fusion_weights
+    from blender_unsample.engine.method.context import fusion_weights
 
     for kind in protocol.FUSIONS:
         assert fusion_weights(5, kind).shape == (5,)
@@ -162,8 +164,8 @@ def test_fusions():
 
 
 def test_devices_are_the_ones_the_worker_knows():
-    from blender_unsample.engine.devices import pick_placement
     from blender_unsample.engine.errors import UnsampleError
+    from blender_unsample.engine.job.devices import pick_placement
 
     for name in protocol.DEVICES:
         try:
@@ -199,22 +201,22 @@ def test_addon_menus_offer_the_protocol_choices():
 
 def stages_the_engine_emits() -> set[str]:
     """Stage names the worker's code passes to Progress(stage=...), tracker.start(...) and its
-    sampling passes (pipeline._sampling_pass(..., stage, ...))."""
+    sampling passes (pipeline's run._sampling_pass(stage, ...))."""
     found = set()
-    for path in ENGINE.glob("*.py"):
+    for path in ENGINE.rglob("*.py"):
         for node in ast.walk(source(path)):
             if not isinstance(node, ast.Call):
                 continue
             name = ast.unparse(node.func)
             if name == "Progress":
                 found |= {k.value.value for k in node.keywords if k.arg == "stage" and is_string(k.value)}
-            elif name.endswith("tracker.start") or name == "_sampling_pass":
+            elif name.endswith(("tracker.start", "._sampling_pass")):
                 found |= {a.value for a in node.args if is_string(a)}
     return found
 
 
 def test_stages_the_engine_emits_are_the_protocol_stages():
-    from blender_unsample.engine import progress
+    from blender_unsample.engine.job import progress
 
     assert stages_the_engine_emits() == set(protocol.STAGES)
     assert set(progress.STAGES) <= set(protocol.STAGES)
@@ -244,7 +246,7 @@ def addon_string(path: Path, name: str) -> str:
 
 
 def test_frames_the_addon_exports_are_the_ones_the_worker_reads(tmp_path):
-    from blender_unsample.engine.frames import list_frames
+    from blender_unsample.engine.job.frames import list_frames
 
     name, partial_name = exported_names()
     assert Path(name).suffix in protocol.FRAME_SUFFIXES
@@ -264,7 +266,7 @@ def test_frames_the_addon_exports_are_the_ones_the_worker_reads(tmp_path):
 
 
 def test_single_model_files():
-    from blender_unsample.engine.single_file import SINGLE_FILE_SUFFIXES
+    from blender_unsample.engine.models.single_file import SINGLE_FILE_SUFFIXES
 
     assert set(SINGLE_FILE_SUFFIXES) == set(protocol.MODEL_FILE_SUFFIXES)
 
@@ -283,7 +285,7 @@ def test_the_panel_knows_every_single_model_file():
 
 
 def test_addon_measures_and_clears_what_the_worker_caches(tmp_path, monkeypatch):
-    from blender_unsample.engine import latent_cache
+    from blender_unsample.engine.job import latent_cache
 
     paths = load_addon_paths()
     cache = latent_cache.LatentCache(tmp_path, limit_bytes=2**30)
@@ -322,7 +324,7 @@ def test_addon_reads_the_cache_where_it_tells_the_worker_to_write():
 
 
 def test_doctor_report_has_the_protocol_keys():
-    from blender_unsample.engine import doctor
+    from blender_unsample.engine.job import doctor
 
     report = doctor.report()
     assert list(report) == list(protocol.DOCTOR_REPORT_KEYS)

@@ -1,5 +1,5 @@
 """Single-file checkpoints, motion modules, ControlNets and VAEs, written in their original layouts
-from the tiny diffusers models and loaded back through blender_unsample.engine.single_file."""
+from the tiny diffusers models and loaded back through blender_unsample.engine.models.single_file."""
 
 import shutil
 from pathlib import Path
@@ -9,8 +9,8 @@ import torch
 from formats import animatediff, animatediff_release, ldm_controlnet, ldm_vae, original_checkpoint, prefixed
 from safetensors.torch import save_file
 
-from blender_unsample.engine import single_file
 from blender_unsample.engine.errors import UnsampleError
+from blender_unsample.engine.models import single_file
 from blender_unsample.engine.protocol import ErrorCode
 from blender_unsample.engine.tiny_models import build_tiny_models
 

@@ -21,15 +21,16 @@ import pickle
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from .errors import UnsampleError, first_line
-from .protocol import MODEL_FILE_SUFFIXES, ErrorCode
+from ..errors import UnsampleError, first_line
+from ..protocol import MODEL_FILE_SUFFIXES, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -146,30 +147,33 @@ def _is_safetensors(file: Path) -> bool:
     return file.suffix.lower() == ".safetensors"
 
 
-def _read_safetensors(file: Path, role: str) -> dict[str, torch.Tensor]:
+@contextmanager
+def _reading_safetensors(file: Path, role: str) -> Iterator[None]:
+    """A .safetensors file's read errors in the user's words: damaged or cut short, or not readable."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
-        return load_file(file)
+        yield
     except SafetensorError as error:
         raise _unreadable_safetensors(file, role, error) from error
     except OSError as error:
         raise inaccessible(file, role, error) from error
+
+
+def _read_safetensors(file: Path, role: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    with _reading_safetensors(file, role):
+        return load_file(file)
 
 
 def _safetensors_shapes(file: Path, role: str) -> dict[str, tuple[int, ...]]:
     """Names and shapes from the header alone: nothing else is read."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
-    try:
-        with safe_open(file, "pt") as handle:
-            names = handle.keys()  # a safetensors handle is not iterable itself
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in names}
-    except SafetensorError as error:
-        raise _unreadable_safetensors(file, role, error) from error
-    except OSError as error:
-        raise inaccessible(file, role, error) from error
+    with _reading_safetensors(file, role), safe_open(file, "pt") as handle:
+        names = handle.keys()  # a safetensors handle is not iterable itself
+        return {key: tuple(handle.get_slice(key).get_shape()) for key in names}
 
 
 def _unreadable_safetensors(file: Path, role: str, error: Exception) -> UnsampleError:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .denoisers import Conditioning
+from ..method.denoisers import Conditioning
 
 
 def encode_prompt(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,10 +12,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from . import devices, families, hotshot, single_file
-from .errors import UnsampleError, first_line
+from ..errors import UnsampleError, first_line
+from ..protocol import ErrorCode, JobSpec
+from . import families, hotshot, single_file
+from .add_embedding import copy_add_embedding
 from .lora import apply_loras
-from .protocol import ErrorCode, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,15 @@ def load_components(
     )  # fmt: skip
 
 
+def vae_dtype(requested: torch.dtype, family: str, vae_config: Mapping[str, Any]) -> torch.dtype:
+    """The VAE's precision: the device's (``requested``), except SDXL's original VAE, which
+    overflows in fp16 and says so with ``force_upcast`` (diffusers' default too). A fixed one,
+    such as madebyollin/sdxl-vae-fp16-fix, turns it off and keeps the device's precision."""
+    if family == "sdxl" and vae_config.get("force_upcast", True):
+        return torch.float32
+    return requested
+
+
 def _motion_unet(unet: Any, motion: Any, spec: JobSpec) -> tuple[Any, int | None]:
     """The motion UNet, and the most frames its motion module was trained to see at once."""
     from diffusers import MotionAdapter, UNetMotionModel
@@ -89,7 +99,7 @@ def _motion_unet(unet: Any, motion: Any, spec: JobSpec) -> tuple[Any, int | None
     if not isinstance(motion, MotionAdapter):  # Hotshot-XL's temporal layers, as a state dict
         return hotshot.hotshot_motion_unet(unet, motion, spec.motion_adapter, spec.model), hotshot.HOTSHOT_CONTEXT
     motion_unet = UNetMotionModel.from_unet2d(unet, motion)
-    hotshot.copy_add_embedding(unet, motion_unet)  # from_unet2d leaves SDXL's at random init
+    copy_add_embedding(unet, motion_unet)  # from_unet2d leaves SDXL's at random init
     return motion_unet, None
 
 
@@ -143,19 +153,19 @@ class _Loader:
 
     def vae(self, unet_config: Any, embedded: Any | None, dtype: torch.dtype) -> Any:
         """The separate VAE if one is named, else the checkpoint's own, in the precision its config
-        allows (see :func:`devices.vae_dtype`)."""
+        allows (see :func:`vae_dtype`)."""
         from diffusers import AutoencoderKL
 
         spec = self.spec
         if not spec.vae and embedded is not None:
             families.check_vae(spec.model, embedded.config, spec.model, unet_config)
-            return embedded.to(devices.vae_dtype(dtype, spec.family, embedded.config))
+            return embedded.to(vae_dtype(dtype, spec.family, embedded.config))
         if spec.vae and single_file.is_single_file(spec.vae):
             # Loaded in fp32, then lowered if its config (beside the file, or --config) allows.
             folder = _config_beside(spec.vae) or spec.config or None
             vae = single_file.load_vae(spec.vae, spec.family, folder, allow_download=spec.allow_download).model
             families.check_vae(spec.vae, vae.config, spec.model, unet_config)
-            return vae.to(devices.vae_dtype(dtype, spec.family, vae.config))
+            return vae.to(vae_dtype(dtype, spec.family, vae.config))
         if not spec.vae and single_file.is_single_file(spec.model):
             raise UnsampleError(
                 ErrorCode.MODEL_INVALID, f"the checkpoint {spec.model} carries no VAE: name one (command line: --vae)"
@@ -163,8 +173,8 @@ class _Loader:
         source, subfolder = (spec.vae, None) if spec.vae else (spec.model, "vae")
         config = self._config(AutoencoderKL, source, subfolder, "VAE")
         families.check_vae(spec.vae or spec.model, config, spec.model, unet_config)
-        vae_dtype = devices.vae_dtype(dtype, spec.family, config)
-        return self._load(AutoencoderKL, source, subfolder, "VAE", torch_dtype=vae_dtype)
+        precision = vae_dtype(dtype, spec.family, config)
+        return self._load(AutoencoderKL, source, subfolder, "VAE", torch_dtype=precision)
 
     def controlnet(self, unet_config: Any) -> Any:
         from diffusers import ControlNetModel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .protocol import Event, Progress
+from ..protocol import Event, Progress
 
 # Before the decoder has run once, assume it costs this many times the encoder per frame
 # (the SD VAE decoder does about twice the encoder's work).

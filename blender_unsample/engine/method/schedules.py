@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .protocol import SCHEDULERS
+from ..protocol import SCHEDULERS
 
 # Align Your Steps, 10-step lists published by NVIDIA (Sabour et al., 2024).
 # fmt: off

@@ -7,7 +7,7 @@ import importlib.util
 import platform
 import sys
 
-from .protocol import WORKER_PACKAGES
+from ..protocol import WORKER_PACKAGES
 
 _DISTRIBUTIONS = {"PIL": "pillow"}
 

@@ -20,8 +20,8 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..protocol import CACHE_ENTRY_SUFFIX, CACHE_PARTIAL_SUFFIX, JobSpec
 from .devices import Placement
-from .protocol import CACHE_ENTRY_SUFFIX, CACHE_PARTIAL_SUFFIX, JobSpec
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UnsampleError
-from .protocol import ErrorCode
+from ..errors import UnsampleError
+from ..protocol import ErrorCode
 from .single_file import inaccessible
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import UnsampleError
-from .protocol import FAMILY_NAMES, ErrorCode
+from ..errors import UnsampleError
+from ..protocol import FAMILY_NAMES, ErrorCode
 
 _SDXL_SCALING = 0.13025  # SDXL's VAE scales its latents by this; SD 1.5's by 0.18215
 _LATENT_FAMILIES = {16: "SD 3 or FLUX"}  # other families' VAEs, named in a mismatch

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UnsampleError, first_line
-from .protocol import ErrorCode
+from ..errors import UnsampleError, first_line
+from ..protocol import ErrorCode
+from .add_embedding import copy_add_embedding
 
 if TYPE_CHECKING:
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
@@ -113,15 +114,6 @@ def hotshot_motion_unet(
     copy_add_embedding(unet, motion_unet)
     apply_hotshot_norms(motion_unet)
     return motion_unet
-
-
-def copy_add_embedding(unet: nn.Module, motion_unet: nn.Module) -> None:
-    """``UNetMotionModel.from_unet2d`` (diffusers 0.42) leaves SDXL's ``add_embedding``, the projection of
-    pooled text and image sizes into the time embedding, at random init; copy the checkpoint's.
-    Any SDXL motion UNet needs this, AnimateDiff's too (raised in diffusers PR #6721, never done)."""
-    source = getattr(unet, "add_embedding", None)
-    if source is not None and getattr(motion_unet, "add_embedding", None) is not None:
-        motion_unet.add_embedding.load_state_dict(source.state_dict())
 
 
 def apply_hotshot_norms(motion_unet: nn.Module) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .errors import UnsampleError
-from .protocol import ErrorCode
+from ..errors import UnsampleError
+from ..protocol import ErrorCode
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,6 @@ def placement_for(name: str) -> Placement:
         # The SD VAE overflows in fp16 on MPS; it is a small share of the work in fp32.
         return Placement(torch.device("mps"), torch.float16, torch.float32)
     return Placement(torch.device("cpu"), torch.float32, torch.float32)
-
-
-def vae_dtype(requested: torch.dtype, family: str, vae_config: Mapping[str, Any]) -> torch.dtype:
-    """The VAE's precision: the device's (``requested``), except SDXL's original VAE, which
-    overflows in fp16 and says so with ``force_upcast`` (diffusers' default too). A fixed one,
-    such as madebyollin/sdxl-vae-fp16-fix, turns it off and keeps the device's precision."""
-    if family == "sdxl" and vae_config.get("force_upcast", True):
-        return torch.float32
-    return requested
 
 
 def _mps_available() -> bool:
@@ -105,6 +96,22 @@ def chunk_feed_forward(model: torch.nn.Module) -> None:
     for module in model.modules():
         if hasattr(module, "set_chunk_feed_forward"):
             module.set_chunk_feed_forward(chunk_size=1, dim=1 if id(module) in temporal else 0)
+
+
+def default_vae_batch(family: str, vae_dtype: torch.dtype) -> int:
+    """Frames per VAE call when not set: 8 for SD 1.5's VAE; SDXL's at 1024 px needs about 3 GB a
+    frame in fp32 (1.5 in fp16), so 1 (2 in fp16): more runs a 12 GB card out of memory."""
+    if family != "sdxl":
+        return 8
+    return 2 if vae_dtype == torch.float16 else 1
+
+
+def tile_vae(vae: Any) -> None:
+    """VAE tiling in diffusers starts above the VAE's own sample size (512 or 1024 px), so at those
+    sizes it would never tile: tile from 256 px, in tiles of 256 px."""
+    vae.enable_tiling()
+    vae.tile_sample_min_size = min(vae.tile_sample_min_size, 256)
+    vae.tile_latent_min_size = vae.tile_sample_min_size // (2 ** (len(vae.config.block_out_channels) - 1))
 
 
 def is_out_of_memory(error: BaseException) -> bool:

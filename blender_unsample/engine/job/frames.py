@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import UnsampleError, disk_full_text
-from .protocol import FRAME_SUFFIXES, ErrorCode
+from ..errors import UnsampleError, disk_full_text
+from ..protocol import FRAME_SUFFIXES, ErrorCode
 
 
 def _natural_key(path: Path) -> list:
