@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 import time
+from typing import Any
 
 import bpy
 
@@ -39,6 +40,20 @@ class _SidebarPanel:
     bl_space_type = "SEQUENCE_EDITOR"
     bl_region_type = "UI"
     bl_category = "Unsample"
+
+
+class _SettingsPanel(_SidebarPanel):
+    """A sub-panel of the Unsample tab: some of the scene's settings, labels left of the fields."""
+
+    bl_parent_id = "SEQUENCER_PT_unsample"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        self.layout.use_property_split = True
+        self.draw_settings(self.layout, context.scene.unsample, context)
+
+    def draw_settings(self, layout: bpy.types.UILayout, settings: Any, context: bpy.types.Context) -> None:
+        raise NotImplementedError
 
 
 class SEQUENCER_PT_unsample(_SidebarPanel, bpy.types.Panel):
@@ -212,26 +227,18 @@ def draw_job_box(layout: bpy.types.UILayout, context: bpy.types.Context) -> None
             column.label(text=line[-80:])
 
 
-class SEQUENCER_PT_unsample_prompts(_SidebarPanel, bpy.types.Panel):
+class SEQUENCER_PT_unsample_prompts(_SettingsPanel, bpy.types.Panel):
     bl_label = "Prompts"
-    bl_parent_id = "SEQUENCER_PT_unsample"
+    bl_options = set()  # open: the negative prompt is used often
 
-    def draw(self, context: bpy.types.Context) -> None:
-        settings = context.scene.unsample
-        layout = self.layout
-        layout.use_property_split = True
+    def draw_settings(self, layout: bpy.types.UILayout, settings: Any, context: bpy.types.Context) -> None:
         layout.prop(settings, "negative_prompt")
 
 
-class SEQUENCER_PT_unsample_models(_SidebarPanel, bpy.types.Panel):
+class SEQUENCER_PT_unsample_models(_SettingsPanel, bpy.types.Panel):
     bl_label = "Models"
-    bl_parent_id = "SEQUENCER_PT_unsample"
-    bl_options = {"DEFAULT_CLOSED"}
 
-    def draw(self, context: bpy.types.Context) -> None:
-        settings = context.scene.unsample
-        layout = self.layout
-        layout.use_property_split = True
+    def draw_settings(self, layout: bpy.types.UILayout, settings: Any, context: bpy.types.Context) -> None:
         layout.prop(settings, "family")
         layout.prop(settings, "checkpoint", placeholder="Default")
         row = layout.row(heading="Motion Module")
@@ -271,15 +278,10 @@ class SEQUENCER_UL_unsample_loras(bpy.types.UIList):
         sub.prop(item, "weight", text="")
 
 
-class SEQUENCER_PT_unsample_sampling(_SidebarPanel, bpy.types.Panel):
+class SEQUENCER_PT_unsample_sampling(_SettingsPanel, bpy.types.Panel):
     bl_label = "Sampling"
-    bl_parent_id = "SEQUENCER_PT_unsample"
-    bl_options = {"DEFAULT_CLOSED"}
 
-    def draw(self, context: bpy.types.Context) -> None:
-        settings = context.scene.unsample
-        layout = self.layout
-        layout.use_property_split = True
+    def draw_settings(self, layout: bpy.types.UILayout, settings: Any, context: bpy.types.Context) -> None:
         layout.prop(settings, "steps")
         layout.prop(settings, "sampler")
         layout.prop(settings, "scheduler")
@@ -295,15 +297,10 @@ class SEQUENCER_PT_unsample_sampling(_SidebarPanel, bpy.types.Panel):
         row.prop(settings, "seed")
 
 
-class SEQUENCER_PT_unsample_control(_SidebarPanel, bpy.types.Panel):
+class SEQUENCER_PT_unsample_control(_SettingsPanel, bpy.types.Panel):
     bl_label = "Control"
-    bl_parent_id = "SEQUENCER_PT_unsample"
-    bl_options = {"DEFAULT_CLOSED"}
 
-    def draw(self, context: bpy.types.Context) -> None:
-        settings = context.scene.unsample
-        layout = self.layout
-        layout.use_property_split = True
+    def draw_settings(self, layout: bpy.types.UILayout, settings: Any, context: bpy.types.Context) -> None:
         layout.prop(settings, "control")
         column = layout.column(align=True)
         column.active = settings.control != "none"
@@ -312,22 +309,16 @@ class SEQUENCER_PT_unsample_control(_SidebarPanel, bpy.types.Panel):
         column.prop(settings, "control_end")
 
 
-class SEQUENCER_PT_unsample_frames(_SidebarPanel, bpy.types.Panel):
+class SEQUENCER_PT_unsample_frames(_SettingsPanel, bpy.types.Panel):
     bl_label = "Frames"
-    bl_parent_id = "SEQUENCER_PT_unsample"
-    bl_options = {"DEFAULT_CLOSED"}
 
-    def draw(self, context: bpy.types.Context) -> None:
-        scene = context.scene
-        settings = scene.unsample
-        layout = self.layout
-        layout.use_property_split = True
+    def draw_settings(self, layout: bpy.types.UILayout, settings: Any, context: bpy.types.Context) -> None:
         layout.prop(settings, "resolution")
         if settings.resolution == "CUSTOM":
             column = layout.column(align=True)
             column.prop(settings, "width")
             column.prop(settings, "height")
-        width, height = processing_size(settings, scene)
+        width, height = processing_size(settings, context.scene)
         layout.label(text=f"Model works at {width} x {height}", icon="IMAGE_DATA")
         column = layout.column(align=True)
         column.prop(settings, "context")

@@ -268,21 +268,22 @@ def _redraw(_self: bpy.types.PropertyGroup, context: bpy.types.Context) -> None:
                 area.tag_redraw()
 
 
+def _status_property(*busy: str) -> object:
+    """Where a background task stands: idle, one of its ``busy`` states, or how it ended; the panel
+    redraws when it changes."""
+    states = ("IDLE", *busy, "FINISHED", "FAILED", "CANCELLED")
+    return bpy.props.EnumProperty(items=[(s, s.title(), "") for s in states], default="IDLE", update=_redraw)
+
+
+def _progress_property() -> object:
+    return bpy.props.FloatProperty(min=0.0, max=1.0, subtype="FACTOR", update=_redraw)
+
+
 class UnsampleSetupState(bpy.types.PropertyGroup):
     """What the panel and the preferences show about Set Up Worker (``window_manager.unsample.setup``)."""
 
-    status: bpy.props.EnumProperty(
-        items=[
-            ("IDLE", "Idle", ""),
-            ("RUNNING", "Running", ""),
-            ("FINISHED", "Finished", ""),
-            ("FAILED", "Failed", ""),
-            ("CANCELLED", "Cancelled", ""),
-        ],
-        default="IDLE",
-        update=_redraw,
-    )
-    progress: bpy.props.FloatProperty(min=0.0, max=1.0, subtype="FACTOR", update=_redraw)
+    status: _status_property("RUNNING")
+    progress: _progress_property()
     stage: bpy.props.StringProperty(description="What the set-up is doing")
     eta: bpy.props.FloatProperty(default=-1.0, description="Seconds left; -1 while unknown")
     message: bpy.props.StringProperty(description="How the last set-up ended")
@@ -292,19 +293,8 @@ class UnsampleSetupState(bpy.types.PropertyGroup):
 class UnsampleJobState(bpy.types.PropertyGroup):
     """What the panel shows about the running batch (``window_manager.unsample``); not saved."""
 
-    status: bpy.props.EnumProperty(
-        items=[
-            ("IDLE", "Idle", ""),
-            ("EXPORTING", "Exporting", ""),
-            ("RUNNING", "Running", ""),
-            ("FINISHED", "Finished", ""),
-            ("FAILED", "Failed", ""),
-            ("CANCELLED", "Cancelled", ""),
-        ],
-        default="IDLE",
-        update=_redraw,
-    )
-    progress: bpy.props.FloatProperty(min=0.0, max=1.0, subtype="FACTOR", update=_redraw)
+    status: _status_property("EXPORTING", "RUNNING")
+    progress: _progress_property()
     stage: bpy.props.StringProperty(description="What the worker is doing")
     eta: bpy.props.FloatProperty(default=-1.0, description="Seconds left in this strip; -1 while unknown")
     strip_name: bpy.props.StringProperty()

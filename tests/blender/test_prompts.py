@@ -3,6 +3,7 @@ prompt, and keeps the cached unsample pass valid while the style changes."""
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import bpy
@@ -78,7 +79,11 @@ def draw(panel_class, scene) -> list:
     context = SimpleNamespace(scene=scene, window_manager=bpy.context.window_manager, region=SimpleNamespace(width=320))
     drawn = []
     if not hasattr(panel_class, "poll") or panel_class.poll(context):
-        panel_class.draw(SimpleNamespace(layout=Layout(drawn)), context)
+        # A stand-in for the panel instance Blender makes: its layout, and the class's own methods.
+        panel = SimpleNamespace(layout=Layout(drawn))
+        if hasattr(panel_class, "draw_settings"):
+            panel.draw_settings = functools.partial(panel_class.draw_settings, panel)
+        panel_class.draw(panel, context)
     return drawn
 
 
