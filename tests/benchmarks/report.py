@@ -81,7 +81,18 @@ def _commit() -> str:
 
 
 def write_report(figures: list[Figure], markdown: Path, raw: Path, quick: bool) -> None:
+    """Write the report. Figures measured now replace their earlier entries in the raw file; the
+    others are kept as they were measured (``--only``), each saying at which commit."""
     info = machine()
+    for figure in figures:
+        figure.raw.setdefault("measured", {"commit": info["commit"], "date": info["date"], "quick": quick})
+    kept = _earlier_figures(raw, {figure.number for figure in figures})
+    every = sorted([*figures, *kept], key=lambda figure: figure.number)
+    mixed = (
+        f" Figures {', '.join(str(f.number) for f in kept)} are kept from earlier runs (see each one's note)."
+        if kept
+        else ""
+    )
     header = [
         "# Benchmarks",
         "",
@@ -91,8 +102,32 @@ def write_report(figures: list[Figure], markdown: Path, raw: Path, quick: bool) 
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB, GPU: {info['gpu']}. "
         f"Python {info['python']}, torch {info['torch']}, diffusers {info['diffusers']}. "
-        f"Commit {info['commit']}, {info['date']}" + (" (quick mode: fewer repeats and sizes)." if quick else "."),
+        f"Commit {info['commit']}, {info['date']}"
+        + (" (quick mode: fewer repeats and sizes)." if quick else ".")
+        + mixed,
         "",
     ]
-    markdown.write_text("\n".join(header) + "\n".join(f.markdown() + "\n" for f in figures), encoding="utf-8")
-    raw.write_text(json.dumps({"machine": info, "quick": quick, "figures": [asdict(f) for f in figures]}, indent=2))
+    markdown.write_text("\n".join(header) + "\n".join(f.markdown() + "\n" for f in every), encoding="utf-8")
+    raw.write_text(json.dumps({"machine": info, "quick": quick, "figures": [asdict(f) for f in every]}, indent=2))
+
+
+def _earlier_figures(raw: Path, measured: set[int]) -> list[Figure]:
+    """The figures of the last report that were not measured this time, with a note saying when they were."""
+    try:
+        earlier = json.loads(raw.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    kept = []
+    for data in earlier.get("figures", []):
+        if data["number"] in measured:
+            continue
+        figure = Figure(**data)
+        when = figure.raw.get("measured") or {
+            "commit": earlier["machine"]["commit"],
+            "date": earlier["machine"]["date"],
+        }
+        note = f"Measured at commit {when['commit']}, {when['date']}, in an earlier run of the benchmarks."
+        if note not in figure.notes:
+            figure.notes.append(note)
+        kept.append(figure)
+    return kept
