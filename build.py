@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Unsample's one task runner. Needs only a Python (3.11 and 3.13 installed) to start; it sets up the rest.
+"""Unsample's one task runner. Needs Python 3.11 and 3.13 installed (and PyPI); it sets up everything else.
 
     python3 build.py demo [--tiny] [--out DIR]
                                           the main job: a generated clip restyled in headless Blender
@@ -20,8 +20,8 @@
 
 Environments (made on first use, reused while their requirements are unchanged):
     .venv            Python 3.11: torch, diffusers, ..., bpy 5.0 (Blender as a module), pytest, ruff
-    .venv-blender42  Python 3.11: bpy 4.2 LTS and pytest only; its tests start workers with .venv
-    .venv-blender53  Python 3.13: bpy 5.3 and pytest only; its tests start workers with .venv
+    .venv-blender42  Python 3.11: bpy 4.2 LTS, pytest and the wheel tools; its tests start workers with .venv
+    .venv-blender53  Python 3.13: bpy 5.3, pytest and the wheel tools; its tests start workers with .venv
 Each is made with the Python its Blender bundles, found on PATH (python3.11, python3.13) or under pyenv.
 
 UNSAMPLE_TEST_RUNS=engine,blender50,blender53,blender42 picks which of the pytest runs `test` makes.
