@@ -5,6 +5,8 @@
                                           the main job: a generated clip restyled in headless Blender
                                           (--tiny: random-weight models, offline, a few CPU minutes)
     python3 build.py bench [--quick]      measure, and write BENCHMARKS.md (--quick: under ten minutes)
+    python3 build.py bench --gpu [--dry-run] [--out DIR]
+                                          the GPU check (tests/benchmarks/gpu_check.py; --dry-run: on the CPU)
     python3 build.py test [PYTEST ARGS]   every test: ruff, the engine, and the Blender side in
                                           Blender 5.0, 5.3 and 4.2 LTS (set-up included)
     python3 build.py wheels [OPTIONS]     fetch cp311 and cp313 wheels of the worker's dependencies
@@ -501,7 +503,9 @@ def _reachable(address: tuple[str, int]) -> bool:
 def bench(args: list[str]) -> int:
     python = ensure_environment(MAIN_ENV)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    script = ROOT / "tests" / "benchmarks" / "run.py"
+    gpu = "--gpu" in args
+    script = ROOT / "tests" / "benchmarks" / ("gpu_check.py" if gpu else "run.py")
+    args = [arg for arg in args if arg != "--gpu"]
     return subprocess.run([str(python), str(script), *args], cwd=ROOT, env=env).returncode
 
 
