@@ -29,6 +29,8 @@ FIGURES = {
     5: "fig5_cache",
     6: "fig6_fidelity",
     7: "fig7_vram",
+    8: "fig8_windows",
+    9: "fig9_warp",
 }
 
 
