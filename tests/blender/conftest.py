@@ -267,3 +267,14 @@ def run_interactively(scene, on_tick=None) -> list[float]:
         if not busy:
             return durations
         time.sleep(0.01)
+
+
+def poll_message(operator, context) -> tuple[bool, str]:
+    """An operator's poll result and the message it set for the greyed-out button's tooltip."""
+    messages = []
+    original = operator.poll_message_set
+    operator.poll_message_set = classmethod(lambda cls, text: messages.append(text))
+    try:
+        return operator.poll(context), (messages or [""])[-1]
+    finally:
+        operator.poll_message_set = original

@@ -12,6 +12,7 @@ import pytest
 from conftest import (
     add_image_strip,
     image_pixels,
+    poll_message,
     run_interactively,
     snapshot,
     strips_of,
@@ -56,16 +57,6 @@ def test_panel_sub_panels_operators_and_menu_entries_are_registered(addon):
         assert hasattr(bpy.ops.sequencer, operator)
     for name in menus.MENUS:
         assert menus.draw_entries in getattr(bpy.types, name).draw._draw_funcs
-
-
-def poll_message(operator, context) -> tuple[bool, str]:
-    messages = []
-    original = operator.poll_message_set
-    operator.poll_message_set = classmethod(lambda cls, text: messages.append(text))
-    try:
-        return operator.poll(context), (messages or [""])[-1]
-    finally:
-        operator.poll_message_set = original
 
 
 def test_poll_explains_why_the_buttons_are_grey(addon, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import bpy
 import pytest
-from conftest import ROOT, styled_strips, worker_python
+from conftest import ROOT, poll_message, styled_strips, worker_python
 
 from blender_unsample.addon import runner, worker_setup
 from blender_unsample.addon.operators import SEQUENCER_OT_unsample_setup_cancel, SEQUENCER_OT_unsample_setup_worker
@@ -64,16 +64,6 @@ def setup_prefs(addon, wheelhouse):
 
 def env_python(prefs) -> Path:
     return worker_setup.env_python(Path(prefs.cache_folder) / "worker-env")
-
-
-def poll_message(operator, context) -> tuple[bool, str]:
-    messages = []
-    original = operator.poll_message_set
-    operator.poll_message_set = classmethod(lambda cls, text: messages.append(text))
-    try:
-        return operator.poll(context), (messages or [""])[-1]
-    finally:
-        operator.poll_message_set = original
 
 
 def group_alive(group: int, grace: float = 5.0) -> bool:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
 import sidebar_screenshots  # noqa: E402
-from sidebar_screenshots import sequencer_areas, show_unsample_tab, write_frames  # noqa: E402
+from sidebar_screenshots import open_the_sidebar, sequencer_areas, street_scene  # noqa: E402
 
 bpy.app.timers.unregister(sidebar_screenshots.open_video_editing)  # its own run starts a restyle: not here
 
@@ -43,24 +43,9 @@ def set_up() -> None:
     prefs.cache_folder = str(WORK / "cache")  # a checkout's add-on keeps the environment here
     prefs.package_index = wheelhouse().as_uri()
 
-    scene = bpy.context.scene
-    scene.render.resolution_x, scene.render.resolution_y = 1280, 720
-    editor = scene.sequence_editor_create()
-    strips = editor.strips if hasattr(editor, "strips") else editor.sequences
-    frames = write_frames(WORK / "clip", 12, size=(128, 72))
-    strip = strips.new_image("Street", str(frames[0]), 1, 1, fit_method="FIT")
-    for frame in frames[1:]:
-        strip.elements.append(frame.name)
-    strip.select = True
-    editor.active_strip = strip
+    scene = street_scene(WORK / "clip", 12, (128, 72))
     scene.unsample.prompt = "an oil painting of a city street at dusk"
-
-    for _window, area in sequencer_areas():
-        space = area.spaces.active
-        if space.view_type in {"SEQUENCER", "SEQUENCER_PREVIEW"}:
-            space.show_region_ui = True
-            area.tag_redraw()
-    bpy.app.timers.register(show_unsample_tab, first_interval=2.0)
+    open_the_sidebar()
     bpy.app.timers.register(press_set_up_worker, first_interval=28.0)
 
 

@@ -42,6 +42,31 @@ def write_frames(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
     return paths
 
 
+def street_scene(folder: Path, frame_count: int, size: tuple[int, int]) -> bpy.types.Scene:
+    """The context scene at 720p with one selected, active image strip "Street" of frames drawn in ``folder``."""
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = 1280, 720
+    editor = scene.sequence_editor_create()
+    strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+    frames = write_frames(folder, frame_count, size=size)
+    strip = strips.new_image("Street", str(frames[0]), 1, 1, fit_method="FIT")
+    for frame in frames[1:]:
+        strip.elements.append(frame.name)
+    strip.select = True
+    editor.active_strip = strip
+    return scene
+
+
+def open_the_sidebar() -> None:
+    """The sequencer's sidebar shown, on the Unsample tab once it has drawn."""
+    for _window, area in sequencer_areas():
+        space = area.spaces.active
+        if space.view_type in {"SEQUENCER", "SEQUENCER_PREVIEW"}:
+            space.show_region_ui = True
+            area.tag_redraw()
+    bpy.app.timers.register(show_unsample_tab, first_interval=2.0)
+
+
 def sequencer_areas():
     for window in bpy.context.window_manager.windows:
         for area in window.screen.areas:
@@ -60,16 +85,7 @@ def set_up() -> None:
     prefs.cache_folder = str(WORK / "cache")
     prefs.device = "cpu"
 
-    scene = bpy.context.scene
-    scene.render.resolution_x, scene.render.resolution_y = 1280, 720
-    editor = scene.sequence_editor_create()
-    strips = editor.strips if hasattr(editor, "strips") else editor.sequences
-    frames = write_frames(WORK / "clip", 24, size=(256, 144))
-    strip = strips.new_image("Street", str(frames[0]), 1, 1, fit_method="FIT")
-    for frame in frames[1:]:
-        strip.elements.append(frame.name)
-    strip.select = True
-    editor.active_strip = strip
+    scene = street_scene(WORK / "clip", 24, (256, 144))
     scene.frame_start, scene.frame_end, scene.frame_current = 1, 24, 8
 
     models = WORK / "models" / "sd15"
@@ -82,12 +98,7 @@ def set_up() -> None:
     settings.steps, settings.context, settings.overlap = 10, 8, 2
     settings.resolution, settings.width, settings.height = "CUSTOM", 256, 144
 
-    for _window, area in sequencer_areas():
-        space = area.spaces.active
-        if space.view_type in {"SEQUENCER", "SEQUENCER_PREVIEW"}:
-            space.show_region_ui = True
-            area.tag_redraw()
-    bpy.app.timers.register(show_unsample_tab, first_interval=2.0)
+    open_the_sidebar()
     if not os.environ.get("UNSAMPLE_GUI_OWN_PYTHON"):
         bpy.app.timers.register(start_restyle, first_interval=25.0)
 
