@@ -158,6 +158,17 @@ def forget_worker_reports() -> None:
         _reports.clear()
 
 
+def doctor_report(output: str) -> dict | None:
+    """The worker's doctor report: the last line of its output that is a JSON object."""
+    for line in reversed(output.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
 def _ask(python: str) -> None:
     try:
         result = subprocess.run(
@@ -168,8 +179,10 @@ def _ask(python: str) -> None:
             timeout=120,
             creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
         )
-        report = json.loads(result.stdout.strip().splitlines()[-1])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as error:
+        report = doctor_report(result.stdout)
+        if report is None:
+            raise ValueError(f"it printed no report (exit code {result.returncode})")
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
         report = {"error": f"cannot run {python}: {error}", "missing": ["torch"]}
     with _lock:
         _reports[python] = report

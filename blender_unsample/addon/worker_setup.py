@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import json
 import os
 import platform
 import re
@@ -24,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .worker import PACKAGE_DIR, worker_command
+from .worker import PACKAGE_DIR, doctor_report, worker_command
 
 UV_VERSION = "0.13.9"  # uv is installed into the new environment from the same index as the rest
 REQUIREMENTS = PACKAGE_DIR / "engine" / "requirements.txt"
@@ -200,17 +199,6 @@ def failure_reason(output: str, index: str) -> str:
         return "this Python cannot make virtual environments (its ensurepip is missing)"
     lines = [re.sub(r"^(error:|cause:|ERROR:|×|╰─▶)\s*", "", s.strip()) for s in output.splitlines() if s.strip()]
     return lines[-1][:200] if lines else "it stopped without saying why"
-
-
-def doctor_report(output: str) -> dict | None:
-    """The worker's doctor report: the last line of its output that is a JSON object."""
-    for line in reversed(output.splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return None
 
 
 class SetupJob:
