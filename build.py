@@ -77,7 +77,9 @@ def read_requirements(path: Path) -> list[str]:
 
 WORKER_REQUIREMENTS = ROOT / "blender_unsample" / "engine" / "requirements.txt"
 ENGINE = read_requirements(WORKER_REQUIREMENTS)
-MAIN_ENV = Environment(ROOT / ".venv", (*ENGINE, *EXTRAS["test"]), "3.11")
+# Ray, for `--cluster`: optional for users, always in the test environment (the cluster tests need it).
+CLUSTER = read_requirements(WORKER_REQUIREMENTS.with_name("requirements-cluster.txt"))
+MAIN_ENV = Environment(ROOT / ".venv", (*ENGINE, *CLUSTER, *EXTRAS["test"]), "3.11")
 BLENDER42_ENV = Environment(ROOT / ".venv-blender42", tuple(EXTRAS["test-blender42"]), "3.11")
 BLENDER53_ENV = Environment(ROOT / ".venv-blender53", tuple(EXTRAS["test-blender53"]), "3.13")
 # Where build.py looks for a Python of a given version, after the one running it: PATH, then pyenv.

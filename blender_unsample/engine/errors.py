@@ -16,6 +16,16 @@ class UnsampleError(Exception):
         self.message = message
         self.detail = detail
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its own fields when it travels between processes (a cluster's workers).
+        return type(self)._rebuild, (self.code, self.message, self.detail)
+
+    @classmethod
+    def _rebuild(cls, code: ErrorCode, message: str, detail: str) -> UnsampleError:
+        error = cls.__new__(cls)
+        UnsampleError.__init__(error, code, message, detail)
+        return error
+
 
 class Cancelled(UnsampleError):
     def __init__(self, reason: str = "cancelled") -> None:

@@ -84,6 +84,9 @@ def default_cache_folder(platform: str = sys.platform, environ: Mapping[str, str
 STAGES = ("download", "load", "encode", "unsample", "resample", "decode")
 # The keys of the worker's `doctor` report, one JSON object on its last line of output.
 DOCTOR_REPORT_KEYS = ("python", "python_version", "packages", "missing", "devices")
+# `doctor --cluster ADDRESS` prints {"ok": true, address, nodes, gpus, cpus} or {"ok": false, "error": ...}.
+CLUSTER_REPORT_KEYS = ("ok", "address", "nodes", "gpus", "cpus")
+CLUSTER_FAILURE_KEYS = ("ok", "error")
 
 
 def _setting(default: Any, help: str, **limits: Any) -> Any:
@@ -281,6 +284,7 @@ class ErrorCode(StrEnum):
     OUTPUT_NOT_WRITABLE = "output_not_writable"
     WORKER_SETUP = "worker_setup"
     DISK_FULL = "disk_full"
+    CLUSTER = "cluster"  # a Ray cluster that does not answer, or lost its workers beyond retrying
     CANCELLED = "cancelled"
 
     @property
@@ -299,6 +303,7 @@ _EXIT_CODES = {
     ErrorCode.OUTPUT_NOT_WRITABLE: 9,
     ErrorCode.WORKER_SETUP: 10,
     ErrorCode.DISK_FULL: 11,
+    ErrorCode.CLUSTER: 12,
     ErrorCode.CANCELLED: 130,
 }
 
@@ -318,6 +323,10 @@ class Progress:
     frames_total: int = 0
     fraction: float = 0.0  # of the whole job, 0 to 1
     eta: float | None = None  # seconds left, None until it can be estimated
+    job: int = 0  # which job of a batch (0-based, in the order given); 0 for a single job
+    jobs: int = 0  # the batch's jobs; 0 for a single job
+    batch_fraction: float = 0.0  # of the whole batch, 0 to 1 (a batch only)
+    batch_eta: float | None = None  # seconds left for the whole batch (a batch only)
 
 
 @dataclass(frozen=True)
@@ -325,12 +334,14 @@ class FrameWritten:
     type: ClassVar[str] = "frame"
     name: str  # file name inside the output folder
     index: int  # 0-based position in the clip
+    job: int = 0
 
 
 @dataclass(frozen=True)
 class WarningEvent:
     type: ClassVar[str] = "warning"
     message: str
+    job: int = 0
 
 
 @dataclass(frozen=True)
@@ -339,6 +350,7 @@ class ErrorEvent:
     code: str
     message: str
     detail: str = ""  # traceback or the underlying library's message
+    job: int = 0
 
 
 @dataclass(frozen=True)
@@ -349,6 +361,7 @@ class Done:
     seconds: float
     unsample_cached: bool = False  # the unsampled latents came from the cache: no unsample pass ran
     frames_reused: int = 0  # frames an interrupted run of this same job had already written
+    job: int = 0
 
 
 Event = Progress | FrameWritten | WarningEvent | ErrorEvent | Done

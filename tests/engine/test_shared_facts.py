@@ -13,12 +13,15 @@ import fnmatch
 import importlib.util
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 
 from blender_unsample.engine import protocol
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PACKAGE = Path(protocol.__file__).resolve().parents[1]
 ADDON = PACKAGE / "addon"
@@ -365,6 +368,22 @@ def test_addon_reads_only_keys_the_doctor_writes():
             else:
                 read.append((path.name, key))
     assert read, "no report reads found: has the report been renamed?"
-    unknown = [(name, key) for name, key in read if key not in set(protocol.DOCTOR_REPORT_KEYS) | own]
+    written = {*protocol.DOCTOR_REPORT_KEYS, *protocol.CLUSTER_REPORT_KEYS, *protocol.CLUSTER_FAILURE_KEYS}
+    unknown = [(name, key) for name, key in read if key not in written | own]
     assert not unknown
     assert set(packages) <= set(protocol.WORKER_PACKAGES)
+
+
+def test_the_cluster_doctor_writes_the_keys_the_protocol_names():
+    # Its failure report is checked where an unreachable cluster is (test_cluster.py).
+    pytest.importorskip("ray")
+    from blender_unsample.engine.cluster.connect import ClusterInfo
+
+    assert tuple(ClusterInfo("auto", 1, 2, 16).report()) == protocol.CLUSTER_REPORT_KEYS
+
+
+def test_the_cluster_extra_pins_the_same_ray_as_the_shipped_requirements():
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    shipped = ROOT / "blender_unsample" / "engine" / "requirements-cluster.txt"
+    lines = [line for line in shipped.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    assert extra["cluster"] == lines

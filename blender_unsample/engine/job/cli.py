@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: str(v) for k, v in dataclasses.asdict(models).items()}))
         return 0
     if args.command == "doctor":
+        if args.cluster:
+            return _doctor_cluster(args.cluster)
         from .doctor import report
 
         print(json.dumps(report()))
@@ -72,7 +74,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Unsample a folder of frames to noise, then resample it with a style prompt.",
         argument_default=argparse.SUPPRESS,  # only flags actually given override the job file
     )
-    restyle.add_argument("--job", type=Path, help="a job file (JSON) with any of the settings below")
+    restyle.add_argument(
+        "--job", type=Path, action="append", help="a job file (JSON) with any of the settings below; repeat it for "
+        "a batch: its events carry the job's index, and the flags below apply to every job"
+    )  # fmt: skip
+    restyle.add_argument(
+        "--cluster", metavar="auto|ADDRESS", default="", help="run on a Ray cluster (needs the cluster extra): "
+        "'auto' starts one with every GPU of this machine; else a running cluster's address (head-node:6379, "
+        "ray://head-node:10001). One job shares its context windows among the GPUs; a batch runs a job per GPU"
+    )  # fmt: skip
+    restyle.add_argument(
+        "--cluster-workers", type=int, metavar="N", default=0, help="cluster workers (default: one per GPU; one on "
+        "a cluster without GPUs)"
+    )  # fmt: skip
     restyle.add_argument(
         "--progress", choices=("json", "text", "none"), default="text", help="events on stdout as JSON lines, "
         "a progress bar on stderr, or nothing (default: text)"
@@ -84,7 +98,11 @@ def _parser() -> argparse.ArgumentParser:
         "they go to the user's cache folder, e.g. ~/.cache/unsample/latents, for later restyles of the same frames)"
     )  # fmt: skip
 
-    commands.add_parser("doctor", help="print this Python's worker packages and devices as JSON")
+    doctor = commands.add_parser("doctor", help="print this Python's worker packages and devices as JSON")
+    doctor.add_argument(
+        "--cluster", metavar="auto|ADDRESS", default="", help="instead: reach this Ray cluster and print its nodes "
+        "and GPUs (exit code 12 when it does not answer)"
+    )  # fmt: skip
     tiny = commands.add_parser("tiny-models", help="write tiny random-weight models (for tests and the demo)")
     tiny.add_argument("folder", type=Path)
     tiny.add_argument("--family", choices=("sd15", "sdxl"), default="sd15")
@@ -109,20 +127,13 @@ def _add_setting(parser: argparse.ArgumentParser, spec_field: dataclasses.Field)
 
 def _restyle(args: argparse.Namespace) -> int:
     emit = _emitter(args.progress)
-    settings = vars(args).copy()
-    for key in ("command", "job", "progress", "no_cache"):
-        settings.pop(key, None)
+    flags = vars(args).copy()
+    for key in ("command", "job", "progress", "no_cache", "cluster", "cluster_workers"):
+        flags.pop(key, None)
     try:
-        data = json.loads(Path(args.job).read_text(encoding="utf-8")) if "job" in args else {}
-        if not isinstance(data, dict):
-            raise ValueError("a job file holds one JSON object")
-        settings = {**data, **settings}
-        if args.no_cache and settings.get("cache_dir"):
-            raise ValueError("--no-cache and a cache folder (--cache-dir or the job's cache_dir): choose one")
-        if "cache_dir" not in settings:
-            # Like the Hugging Face cache: kept by default, so a second style skips the unsample pass.
-            settings["cache_dir"] = "" if args.no_cache else str(default_cache_folder())
-        spec = JobSpec.from_dict(settings)
+        if args.cluster_workers < 0:
+            raise ValueError("--cluster-workers is a count of workers, 0 for one per GPU")
+        specs = [_job_spec(path, flags, args.no_cache) for path in getattr(args, "job", None) or [None]]
     except (OSError, ValueError) as error:
         return _fail(emit, UnsampleError(ErrorCode.BAD_SETTINGS, f"bad job: {error}"))
 
@@ -133,16 +144,84 @@ def _restyle(args: argparse.Namespace) -> int:
         return _fail(emit, UnsampleError(ErrorCode.WORKER_SETUP, missing_message(missing)))
     cancel = threading.Event()
     _watch_stdin(cancel)
-    from .pipeline import restyle
-
     try:
-        restyle(spec, emit, cancel)
+        errors = _run_jobs(specs, args.cluster, args.cluster_workers, emit, cancel)
     except UnsampleError as error:
         return _fail(emit, error)
     except KeyboardInterrupt:
         return _fail(emit, UnsampleError(ErrorCode.CANCELLED, "interrupted"))
     except Exception as error:  # anything else is our bug: report it whole
         return _fail(emit, UnsampleError(ErrorCode.INTERNAL, f"internal error: {error}", traceback.format_exc()))
+    failed = [error for error in errors if error is not None]
+    return failed[0].code.exit_code if failed else 0
+
+
+def _job_spec(path: Path | None, flags: dict[str, object], no_cache: bool) -> JobSpec:
+    """One job: its file's settings (if any), then the flags over them."""
+    data = json.loads(path.read_text(encoding="utf-8")) if path else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name}: a job file holds one JSON object")
+    settings = {**data, **flags}
+    if no_cache and settings.get("cache_dir"):
+        raise ValueError("--no-cache and a cache folder (--cache-dir or the job's cache_dir): choose one")
+    if "cache_dir" not in settings:
+        # Like the Hugging Face cache: kept by default, so a second style skips the unsample pass.
+        settings["cache_dir"] = "" if no_cache else str(default_cache_folder())
+    return JobSpec.from_dict(settings)
+
+
+def _run_jobs(
+    specs: list[JobSpec], cluster: str, workers: int, emit: Callable[[Event], None], cancel: threading.Event
+) -> list[UnsampleError | None]:
+    """Each job's error or None. Without a cluster, jobs run one after another here; a failed job
+    is reported (with its index in a batch) and the next one starts. A cancel stops them all."""
+    if cluster:
+        from ..cluster.run import run_on_cluster
+
+        errors = run_on_cluster(specs, cluster, workers, emit, cancel)
+        if len(specs) == 1 and errors[0] is not None:
+            raise errors[0]  # a single job's error is reported as the job's, like without a cluster
+        return errors
+    from .pipeline import restyle
+    from .progress import BatchProgress
+
+    if len(specs) == 1:
+        restyle(specs[0], emit, cancel)
+        return [None]
+    batch = BatchProgress(emit, len(specs))
+    errors: list[UnsampleError | None] = []
+    for job, spec in enumerate(specs):
+        try:
+            restyle(spec, batch.emitter(job), cancel)
+            errors.append(None)
+        except UnsampleError as error:
+            if error.code == ErrorCode.CANCELLED:
+                raise
+            batch.forward(job, ErrorEvent(code=error.code.value, message=error.message, detail=error.detail))
+            errors.append(error)
+        batch.finished(job)
+    return errors
+
+
+def _doctor_cluster(address: str) -> int:
+    """Reach the cluster and say what it has, as one JSON object."""
+    import shutil
+
+    from ..cluster.connect import connect, describe, staging_folder
+
+    scratch = staging_folder()
+    try:
+        ray, joined = connect(address, scratch)
+        try:
+            print(json.dumps(describe(ray, address).report()))
+        finally:
+            if joined:
+                ray.shutdown()
+    except UnsampleError as error:
+        print(json.dumps({"ok": False, "error": error.message}))  # protocol.CLUSTER_FAILURE_KEYS
+        return error.code.exit_code
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 

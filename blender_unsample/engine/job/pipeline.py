@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from ..errors import Cancelled, UnsampleError
-from ..method.context import ContextWindowDenoiser, context_windows
+from ..method.context import ContextWindowDenoiser, WindowEvaluator, context_windows
 from ..method.denoisers import Conditioning, Guidance, UNetDenoiser
 from ..method.schedules import get_sigmas
 from ..method.unsampling import resample, unsample
@@ -51,9 +52,31 @@ OUT_OF_MEMORY = (
 )
 
 
-def restyle(spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Event | None = None) -> Done:
-    """Run a whole job; raises :class:`UnsampleError` (with a code) on anything the user can fix."""
-    run = RestyleRun(spec, emit, cancel)
+class WindowPool(Protocol):
+    """Workers elsewhere (a Ray cluster) that evaluate the UNet on context windows for this job."""
+
+    def evaluator(self, guidance: Guidance, control: bool, hints: np.ndarray | None) -> WindowEvaluator:
+        """Evaluates windows with these prompts, ControlNet on or off, and the clip's hints."""
+        ...
+
+
+ComponentLoader = Callable[..., Components]  # load_components' signature
+
+
+def restyle(
+    spec: JobSpec,
+    emit: Callable[[Event], None],
+    cancel: threading.Event | None = None,
+    *,
+    load: ComponentLoader = load_components,
+    window_pool: WindowPool | None = None,
+) -> Done:
+    """Run a whole job; raises :class:`UnsampleError` (with a code) on anything the user can fix.
+
+    ``load`` may hand out models kept from an earlier job (a cluster worker's); with a
+    ``window_pool`` the UNet runs there and this process keeps only the VAE on its device.
+    """
+    run = RestyleRun(spec, emit, cancel, load, window_pool)
     try:
         with torch.inference_mode(), ExitStack() as stack:
             run.check_inputs(stack)  # 1. before anything heavy is loaded
@@ -79,10 +102,19 @@ class RestyleRun:
     """One restyle: its settings, where events go, whether it was asked to stop, and what its steps
     have made so far."""
 
-    def __init__(self, spec: JobSpec, emit: Callable[[Event], None], cancel: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        emit: Callable[[Event], None],
+        cancel: threading.Event | None = None,
+        load: ComponentLoader = load_components,
+        window_pool: WindowPool | None = None,
+    ) -> None:
         self.spec = spec
         self.emit = emit
         self.cancel = cancel or threading.Event()
+        self.load = load
+        self.window_pool = window_pool
         self.started = time.monotonic()
         self.placement: Placement | None = None
         self.residency: Residency | None = None
@@ -130,9 +162,7 @@ class RestyleRun:
         spec = self.spec
         self.tracker.start("load")
         self.placement = pick_placement(spec.device)
-        self.components = load_components(
-            spec, self.placement.dtype, self.placement.vae_dtype, self.warn, self.downloading
-        )
+        self.components = self.load(spec, self.placement.dtype, self.placement.vae_dtype, self.warn, self.downloading)
         _check_size(self.size, self.components)
         self.windows = _windows(spec, len(self.frames), self.components.context_limit, self.warn)
         calls = spec.steps * len(self.windows)
@@ -166,10 +196,10 @@ class RestyleRun:
 
     def place_for_sampling(self) -> None:
         spec, components = self.spec, self.components
-        self.residency.place([components.unet, components.vae, components.controlnet])
+        self.residency.place([components.vae, *self._sampling_models()])
         if spec.vae_tiling:
             tile_vae(components.vae)
-        if spec.chunk_feed_forward:
+        if spec.chunk_feed_forward and not self.window_pool:
             for model in (components.unet, components.controlnet):
                 if model is not None:
                     chunk_feed_forward(model)
@@ -213,7 +243,7 @@ class RestyleRun:
         )
         denoiser = UNetDenoiser.from_scheduler(unet, components.scheduler, frames_in_batch=not components.motion)
         sigmas = get_sigmas(spec.scheduler, spec.steps, training_sigmas=denoiser.sigmas, family=spec.family)
-        with self.residency.phase(components.unet, components.controlnet):
+        with self.residency.phase(*self._sampling_models()):
             if noise is None:
                 unet.enabled = components.controlnet is not None and spec.control_in_unsample
                 unsample_refined = functools.partial(unsample, refine=self.refine)
@@ -236,6 +266,10 @@ class RestyleRun:
         return self._done(reused)
 
     # --- inside the steps ---------------------------------------------------------------------------
+
+    def _sampling_models(self) -> list:
+        """The models the sampling passes run here: none when a window pool runs the UNet."""
+        return [] if self.window_pool else [self.components.unet, self.components.controlnet]
 
     def _read_frames(self, hints: np.ndarray | None, encode: bool) -> torch.Tensor | None:
         """Read the frames a batch at a time: ControlNet hints into ``hints``, and (if ``encode``)
@@ -282,7 +316,11 @@ class RestyleRun:
             nonlocal steps_done
             steps_done += 1
 
-        model = ContextWindowDenoiser(denoiser, self.windows, self.spec.fusion, on_window)
+        evaluate = None
+        if self.window_pool is not None:
+            unet = denoiser.unet  # the ControlledUNet: whether ControlNet is on in this pass, and the hints
+            evaluate = self.window_pool.evaluator(self.guidance[stage], unet.enabled, unet.hints)
+        model = ContextWindowDenoiser(denoiser, self.windows, self.spec.fusion, on_window, evaluate)
         self.tracker.start(stage)
         extra = {"guidance": self.guidance[stage]}
         return run_pass(model, latents, sigmas, sampler=self.spec.sampler, extra_args=extra, callback=on_step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -87,3 +88,41 @@ class ProgressTracker:
                     return None
                 left += remaining * rate[stage]
         return left
+
+
+class BatchProgress:
+    """Tags each job's events with its place in a batch, and adds the batch's progress and ETA.
+
+    Jobs may run one after another or at once (a cluster); the batch's fraction is the mean of the
+    jobs' own, a finished or failed job counting as whole.
+    """
+
+    def __init__(self, emit: Callable[[Event], None], jobs: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.emit = emit
+        self.jobs = jobs
+        self.clock = clock
+        self.started = clock()
+        self.fractions = [0.0] * jobs
+
+    def emitter(self, job: int) -> Callable[[Event], None]:
+        return lambda event: self.forward(job, event)
+
+    def forward(self, job: int, event: Event) -> None:
+        if self.jobs <= 1:
+            self.emit(event)
+            return
+        changes: dict[str, object] = {"job": job}
+        if isinstance(event, Progress):
+            self.fractions[job] = max(self.fractions[job], event.fraction)
+            fraction = sum(self.fractions) / self.jobs
+            elapsed = self.clock() - self.started
+            eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
+            changes |= {
+                "jobs": self.jobs,
+                "batch_fraction": round(fraction, 4),
+                "batch_eta": None if eta is None else round(eta, 1),
+            }
+        self.emit(dataclasses.replace(event, **changes))
+
+    def finished(self, job: int) -> None:
+        self.fractions[job] = 1.0

@@ -1,0 +1,171 @@
+"""Jobs on a Ray cluster: one local Ray for the test session, two logical GPUs, tiny models on the CPU.
+
+Ray lets a machine declare GPUs it does not have; each worker takes one, and computes on the CPU.
+"""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import write_clip
+from PIL import Image
+
+from blender_unsample.engine.errors import Cancelled, UnsampleError
+from blender_unsample.engine.job.pipeline import restyle
+from blender_unsample.engine.protocol import CLUSTER_FAILURE_KEYS, Done, ErrorCode, ErrorEvent, Progress
+
+ray = pytest.importorskip("ray", reason="the cluster tests need the cluster extra (Ray)")
+
+from blender_unsample.engine.cluster.connect import check_reachable, runtime_env, split_address  # noqa: E402
+from blender_unsample.engine.cluster.run import run_on_cluster  # noqa: E402
+from blender_unsample.engine.cluster.windows import split_evenly  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A local Ray with 2 CPUs and 2 logical GPUs, the engine shipped to it as the command line does."""
+    if ray.is_initialized():
+        ray.shutdown()
+    staged = tmp_path_factory.mktemp("ray-code")
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env(staged))
+    yield ray
+    ray.shutdown()
+
+
+def light(tiny_spec, frames_dir, out, **changes):
+    """Few steps, no refinement: the identity holds step by step, so more steps prove no more."""
+    settings = dict(out=str(out), steps=2, inversion_refinement=0)
+    return tiny_spec(frames_dir, **{**settings, **changes})
+
+
+def frames_of(folder):
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
+
+
+def assert_same_frames(a, b):
+    first, second = frames_of(a), frames_of(b)
+    assert first and first.keys() == second.keys()
+    different = [name for name in first if not np.array_equal(first[name], second[name])]
+    assert not different, f"{len(different)} of {len(first)} frames differ, first {different[0]}"
+
+
+def test_one_long_strip_over_two_workers_gives_the_frames_of_one_process(cluster, tiny_spec, tmp_path):
+    write_clip(tmp_path / "frames", 40)
+    restyle(light(tiny_spec, tmp_path / "frames", tmp_path / "alone"), lambda event: None)
+
+    events = []
+    spec = light(tiny_spec, tmp_path / "frames", tmp_path / "cluster")
+    assert run_on_cluster([spec], "auto", 0, events.append, threading.Event()) == [None]
+
+    assert_same_frames(tmp_path / "alone", tmp_path / "cluster")
+    windows = {e.windows for e in events if isinstance(e, Progress) and e.stage == "resample"}
+    assert windows == {7}, "40 frames in windows of 8 overlapping by 2 are 7 windows"
+    assert isinstance(events[-1], Done) and events[-1].frames == 40
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_job_is_replaced_and_the_frames_are_the_same(cluster, tiny_spec, tmp_path):
+    write_clip(tmp_path / "frames", 24)
+    restyle(light(tiny_spec, tmp_path / "frames", tmp_path / "alone"), lambda event: None)
+
+    killed = []
+
+    def kill_one_worker(event):
+        if isinstance(event, Progress) and event.stage == "resample" and not killed:
+            name = next(n for n in ray.util.list_named_actors() if n.startswith("unsample-window-1"))
+            ray.kill(ray.get_actor(name), no_restart=False)  # as a crash: Ray restarts it
+            killed.append(name)
+
+    spec = light(tiny_spec, tmp_path / "frames", tmp_path / "cluster")
+    assert run_on_cluster([spec], "auto", 0, kill_one_worker, threading.Event()) == [None]
+    assert killed
+    assert_same_frames(tmp_path / "alone", tmp_path / "cluster")
+
+
+def test_a_batch_of_three_strips_runs_on_two_workers_each_strip_as_alone(cluster, tiny_spec, tmp_path):
+    specs = []
+    for i, frames in enumerate((6, 9, 4)):
+        write_clip(tmp_path / f"frames{i}", frames, start=10 * i + 1)
+        specs.append(light(tiny_spec, tmp_path / f"frames{i}", tmp_path / f"out{i}", prompt=f"style {i}"))
+    restyle(light(tiny_spec, tmp_path / "frames1", tmp_path / "alone", prompt="style 1"), lambda event: None)
+
+    events = []
+    assert run_on_cluster(specs, "auto", 0, events.append, threading.Event()) == [None, None, None]
+
+    done = {e.job: e for e in events if isinstance(e, Done)}
+    assert sorted(done) == [0, 1, 2]
+    assert [done[i].frames for i in range(3)] == [6, 9, 4]
+    assert_same_frames(tmp_path / "alone", tmp_path / "out1")
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert {e.jobs for e in progress} == {3}
+    batch = [e.batch_fraction for e in progress]
+    assert batch == sorted(batch) and 0 < batch[-1] <= 1, "the batch's progress only moves forward"
+
+
+def test_a_failing_strip_is_reported_and_the_others_finish(cluster, tiny_spec, tmp_path):
+    write_clip(tmp_path / "frames", 4)
+    good = light(tiny_spec, tmp_path / "frames", tmp_path / "good")
+    bad = light(tiny_spec, tmp_path / "frames", tmp_path / "bad", controlnet=str(tmp_path / "no-such-controlnet"))
+    events = []
+    errors = run_on_cluster([bad, good], "auto", 0, events.append, threading.Event())
+    assert errors[0].code == ErrorCode.MODEL_NOT_FOUND and errors[1] is None
+    failures = [e for e in events if isinstance(e, ErrorEvent)]
+    assert [(e.job, e.code) for e in failures] == [(0, "model_not_found")]
+    assert [e.job for e in events if isinstance(e, Done)] == [1]
+    assert len(frames_of(tmp_path / "good")) == 4 and not frames_of(tmp_path / "bad")
+
+
+def test_cancel_stops_every_worker_and_writes_nothing(cluster, tiny_spec, tmp_path):
+    write_clip(tmp_path / "frames", 24)
+    cancel = threading.Event()
+
+    def cancel_in_unsample(event):
+        if isinstance(event, Progress) and event.stage == "unsample":
+            cancel.set()
+
+    spec = light(tiny_spec, tmp_path / "frames", tmp_path / "out")
+    with pytest.raises(Cancelled):
+        run_on_cluster([spec], "auto", 0, cancel_in_unsample, cancel)
+    assert not frames_of(tmp_path / "out")
+    deadline = time.monotonic() + 10
+    while [n for n in ray.util.list_named_actors() if n.startswith("unsample-")] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [n for n in ray.util.list_named_actors() if n.startswith("unsample-")], "a worker outlived the job"
+
+
+def test_an_address_that_does_not_answer_fails_within_seconds_and_starts_nothing(tmp_path):
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "blender_unsample.engine", "doctor", "--cluster", "127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == ErrorCode.CLUSTER.exit_code
+    report = json.loads(result.stdout)
+    assert tuple(report) == CLUSTER_FAILURE_KEYS
+    assert report["ok"] is False and "127.0.0.1:9 does not answer" in report["error"]
+    assert time.monotonic() - started < 30
+    with pytest.raises(UnsampleError, match="does not answer") as error:
+        check_reachable("127.0.0.1:9", seconds=0.5)
+    assert error.value.code == ErrorCode.CLUSTER
+
+
+def test_cluster_addresses_are_read_as_ray_writes_them():
+    assert split_address("head-node:6379") == ("head-node", 6379)
+    assert split_address("ray://10.0.0.5:10001") == ("10.0.0.5", 10001)
+    assert split_address("ray://head") == ("head", 10001)
+    assert split_address("head") == ("head", 6379)
+    for bad in ("", "head:port", "head:0", "ray://:10001"):
+        with pytest.raises(UnsampleError, match="not a Ray cluster address"):
+            split_address(bad)
+
+
+def test_windows_are_shared_out_in_runs_differing_by_at_most_one():
+    windows = [[i] for i in range(7)]
+    shares = split_evenly(windows, 3)
+    assert [len(s) for s in shares] == [3, 2, 2]
+    assert [w for share in shares for w in share] == windows
+    assert split_evenly(windows[:1], 2) == [windows[:1], []]
