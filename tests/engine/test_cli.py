@@ -84,6 +84,26 @@ def test_a_job_file_gives_the_settings_and_flags_override_it(tiny_spec, tmp_path
     assert steps == {2}
 
 
+def test_a_batch_of_job_files_runs_each_and_reports_each_by_its_index(tiny_spec, tmp_path):
+    write_clip(tmp_path / "clip", 4)
+    missing = tmp_path / "missing.json"
+    missing.write_text(tiny_spec(tmp_path / "no-frames", out=str(tmp_path / "o1")).to_json())
+    good = tmp_path / "good.json"
+    good.write_text(tiny_spec(tmp_path / "clip", out=str(tmp_path / "o2"), steps=50).to_json())
+    process = worker("restyle", "--job", str(missing), "--job", str(good), "--steps", "2", "--progress", "json")
+    stdout, _ = process.communicate(timeout=300)
+    events = [event_from_json(line) for line in stdout.splitlines()]
+
+    assert process.returncode == ErrorCode.BAD_FRAMES.exit_code, "the first failed job's code"
+    assert [(e.job, e.code) for e in events if e.type == "error"] == [(0, "bad_frames")]
+    assert [(e.job, e.frames) for e in events if e.type == "done"] == [(1, 4)]
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert {(e.job, e.jobs) for e in progress} == {(1, 2)}
+    assert {e.total for e in progress if e.windows} == {2}, "the flags apply to every job"
+    assert progress[0].batch_fraction >= 0.5, "a failed job counts as finished for the batch's progress"
+    assert len(list((tmp_path / "o2").glob("*.png"))) == 4
+
+
 def test_errors_come_as_an_event_and_their_own_exit_code(tmp_path):
     process = worker("restyle", "--frames", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--prompt", "x",
                      "--progress", "json")  # fmt: skip

@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..job.control import ControlledUNet
@@ -80,9 +81,9 @@ class WindowWorker:
         self.shared_keys: tuple[str, str] = ("", "")
 
     def denoise(
-        self, shared: list[Any], windows: list[torch.Tensor], sigma: float, frames: list[list[int]]
-    ) -> tuple[list[torch.Tensor], float]:
-        """The denoised windows (on the CPU) and the seconds spent computing them.
+        self, shared: list[Any], windows: list[np.ndarray], sigma: float, frames: list[list[int]]
+    ) -> tuple[list[np.ndarray], float]:
+        """The denoised windows and the seconds spent computing them.
 
         ``shared`` is [pass key, ref to (guidance, control on), hints key, ref to hints or None]:
         references inside a list, which Ray hands over unresolved, so they are fetched only when new.
@@ -101,7 +102,9 @@ class WindowWorker:
         self.shared_keys = (pass_key, hints_key)
         with torch.inference_mode():
             outputs = [
-                self.denoiser(x.to(self.device), sigma, frames=window, guidance=self.guidance).cpu()
+                self.denoiser(torch.tensor(x, device=self.device), sigma, frames=window, guidance=self.guidance)
+                .cpu()
+                .numpy()
                 for x, window in zip(windows, frames, strict=True)
             ]
         return outputs, time.perf_counter() - started

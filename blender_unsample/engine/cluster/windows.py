@@ -68,7 +68,8 @@ class RemoteWindows:
         for worker, share in zip(self.workers, split_evenly(windows, len(self.workers)), strict=False):
             if not share:
                 continue
-            parts = [x.index_select(2, torch.tensor(w, device=x.device)).cpu() for w in share]
+            # As numpy arrays: Ray passes those without pickling their data, twice as fast as tensors.
+            parts = [x.index_select(2, torch.tensor(w, device=x.device)).cpu().numpy() for w in share]
             sent += sum(p.nbytes for p in parts)
             calls.append(worker.denoise.remote(shared, parts, float(sigma), share))
         busiest = 0.0
@@ -76,11 +77,11 @@ class RemoteWindows:
             outputs, seconds = self._collect(call)
             busiest = max(busiest, seconds)
             received += sum(o.nbytes for o in outputs)
-            yield from outputs
+            yield from (torch.tensor(o) for o in outputs)  # a copy: what Ray hands over is read-only
         wall = time.perf_counter() - started
         self.stats.append(ExchangeStats(wall, busiest, sent, received, len(windows), x.shape[2]))
 
-    def _collect(self, call: Any) -> tuple[list[torch.Tensor], float]:
+    def _collect(self, call: Any) -> tuple[list[np.ndarray], float]:
         try:
             return self.ray.get(call)
         except self.ray.exceptions.RayActorError as error:
