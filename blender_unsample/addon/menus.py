@@ -1,5 +1,5 @@
-"""Restyle, Preview and Cancel in the Strip menu and the strip context menu, Set Up Worker in the Strip
-menu (so F3 finds them)."""
+"""Restyle, Preview and Cancel in the Strip menu and the strip context menu, Set Up Worker and Check
+Cluster in the Strip menu (so F3 finds them)."""
 
 import bpy
 
@@ -12,6 +12,7 @@ def draw_entries(self: bpy.types.Menu, context: bpy.types.Context) -> None:
     layout.operator("sequencer.unsample_cancel", icon="CANCEL")
     if self.bl_idname == "SEQUENCER_MT_strip":
         layout.operator("sequencer.unsample_setup_worker", text="Set Up Unsample Worker", icon="IMPORT")
+        layout.operator("sequencer.unsample_check_cluster", text="Check Unsample Cluster", icon="NETWORK_DRIVE")
 
 
 MENUS = ("SEQUENCER_MT_strip", "SEQUENCER_MT_context_menu")

@@ -9,10 +9,11 @@ from typing import Any
 import bpy
 
 from ..engine.protocol import MODEL_FILE_SUFFIXES
+from . import cluster
 from .paths import cache_usage
 from .preferences import ADDON_ID
 from .properties import processing_size
-from .runner import RUNNER, latent_cache_folder, worker_python
+from .runner import RUNNER, latent_cache_folder, preferences, worker_python
 from .strips import restylable_reason, strips_to_restyle
 from .worker import worker_report
 
@@ -166,6 +167,12 @@ def draw_worker_problem(layout: bpy.types.UILayout, context: bpy.types.Context) 
     if context.window_manager.unsample.setup.status == "RUNNING":
         draw_setup_state(layout.box(), context, width - 50)
         return
+    prefs = preferences()
+    problem = prefs and cluster.cluster_problem(prefs.cluster, prefs.cluster_address)
+    if problem:
+        row = layout.row()
+        _wrapped(row, problem, width - 50, "ERROR")
+        row.operator("preferences.addon_show", text="", icon="PREFERENCES").module = ADDON_ID
     report = _worker_state()
     if not report or not report.get("missing"):
         return
@@ -198,6 +205,31 @@ def draw_setup_state(layout: bpy.types.UILayout, context: bpy.types.Context, wid
         _wrapped(layout, state.message, width, icon)
 
 
+def draw_cluster_state(layout: bpy.types.UILayout, context: bpy.types.Context, width: int) -> None:
+    """With Cluster on: what is wrong with the setting, or the last Check Cluster's answer, and the button."""
+    prefs = preferences()
+    if prefs is None or prefs.cluster == "NONE":
+        return
+    problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address)
+    if problem:
+        _wrapped(layout, problem, width, "ERROR")
+        return
+    target = cluster.cluster_target(prefs.cluster, prefs.cluster_address)
+    report = cluster.cluster_report(worker_python(), target)
+    name = "This machine's GPUs" if target == cluster.LOCAL else target
+    if report is None:
+        text, icon = f"Cluster: {name}, not checked yet", "NETWORK_DRIVE"
+    elif report.get("checking"):
+        text, icon = f"Checking the cluster ({name})…", "TIME"
+    elif report.get("ok"):
+        text, icon = f"Cluster: {cluster.describe(report)}", "CHECKMARK"
+    else:
+        text, icon = f"Cluster {name}: {cluster.describe(report)}", "ERROR"
+    column = layout.column()
+    _wrapped(column, text, width - 50, icon)
+    column.operator("sequencer.unsample_check_cluster", icon="FILE_REFRESH")
+
+
 def draw_job_box(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     state = context.window_manager.unsample
     if state.status == "IDLE":
@@ -208,6 +240,8 @@ def draw_job_box(layout: bpy.types.UILayout, context: bpy.types.Context) -> None
         header = state.strip_name if state.strip_count < 2 else f"Strip {state.strip_index} of {state.strip_count}"
         box.label(text=header, icon="SEQUENCE")
         box.progress(factor=state.progress, type="BAR", text=f"{state.progress:.0%}  {state.stage}")
+        if state.cluster_strips:
+            box.label(text=f"{state.cluster_done} of {state.cluster_strips} strips done on the cluster")
         row = box.row()
         row.label(text=format_eta(state.eta), icon="TIME")
         decoding = state.frames_done > 0
@@ -264,6 +298,7 @@ class SEQUENCER_PT_unsample_models(_SettingsPanel, bpy.types.Panel):
         elif not report.get("missing"):
             devices = report["devices"][0]
             layout.label(text=f"Worker: torch {report['packages']['torch']}, {devices}", icon="CHECKMARK")
+        draw_cluster_state(layout, context, context.region.width if context.region else 300)
 
 
 class SEQUENCER_UL_unsample_loras(bpy.types.UIList):

@@ -3,6 +3,7 @@ the GPU's memory (a property of the machine, not of the scene)."""
 
 import bpy
 
+from .cluster import ADDRESS_PLACEHOLDER, forget_cluster_reports
 from .properties import spec_property
 from .worker import forget_worker_reports
 
@@ -12,6 +13,12 @@ GPU_MEMORY_OPTIONS = ("chunk_feed_forward", "vae_batch", "cpu_offload", "vae_til
 # The add-on's own module name: "blender_unsample" from a checkout, "bl_ext.<repo>.unsample"
 # when installed as an extension. Preferences are registered under it.
 ADDON_ID = __package__.rpartition(".")[0]
+
+
+def _forget_reports() -> None:
+    """Another worker Python: ask it again what it has, and what the cluster has."""
+    forget_worker_reports()
+    forget_cluster_reports()
 
 
 class UnsamplePreferences(bpy.types.AddonPreferences):
@@ -24,7 +31,7 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
             "packages. Or an existing environment that already has torch (e.g. ComfyUI's)"
         ),
         subtype="FILE_PATH",
-        update=lambda self, context: forget_worker_reports(),
+        update=lambda self, context: _forget_reports(),
     )
     package_index: bpy.props.StringProperty(
         name="Package Index",
@@ -43,6 +50,30 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
             ("cpu", "CPU", "Slow, but works everywhere"),
         ),
         default="auto",
+    )
+    cluster: bpy.props.EnumProperty(
+        name="Cluster",
+        description="Where jobs run: on the worker alone, or on a Ray cluster (the worker needs Ray: Set Up Worker "
+        "installs it while this is on)",
+        items=(
+            ("NONE", "None", "One worker on this machine's device, one strip after another"),
+            (
+                "LOCAL", "This Machine's GPUs", "A Ray cluster of this machine's GPUs, started for each job: a batch's "
+                "strips run at once, one per GPU; a single strip shares its context windows among them",
+            ),
+            (
+                "ADDRESS", "Ray Cluster", "A running Ray cluster at an address: a batch's strips run at once, one per "
+                "GPU worker; a single strip shares its context windows among them",
+            ),
+        ),
+        default="NONE",
+    )  # fmt: skip
+    cluster_address: bpy.props.StringProperty(
+        name="Cluster Address",
+        description=(
+            "The Ray cluster's address: host:port of its head node (port 6379), or ray://host:10001 (Ray Client). "
+            "Every node needs the worker's packages and Ray"
+        ),
     )
     models_folder: bpy.props.StringProperty(
         name="Models Folder",
@@ -86,11 +117,15 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
         row = layout.row(align=True)
         row.prop(self, "worker_python")
         row.operator("sequencer.unsample_setup_worker", text="Set Up Worker", icon="IMPORT")
-        from .panel import draw_setup_state  # here: the panel module imports this one
+        from .panel import draw_cluster_state, draw_setup_state  # here: the panel module imports this one
 
         draw_setup_state(layout, context, 600)
         layout.prop(self, "package_index", placeholder="PyPI, and PyTorch's index for this machine")
         layout.prop(self, "device")
+        layout.prop(self, "cluster")
+        if self.cluster == "ADDRESS":
+            layout.prop(self, "cluster_address", placeholder=ADDRESS_PLACEHOLDER)
+        draw_cluster_state(layout, context, 600)
         layout.prop(self, "models_folder")
         layout.prop(self, "cache_folder")
         layout.prop(self, "cache_limit_gb")

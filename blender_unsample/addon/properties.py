@@ -302,6 +302,8 @@ class UnsampleJobState(bpy.types.PropertyGroup):
     strip_count: bpy.props.IntProperty()
     frames_done: bpy.props.IntProperty()
     frames_total: bpy.props.IntProperty()
+    cluster_strips: bpy.props.IntProperty(description="Strips running at once on the cluster; 0 for one at a time")
+    cluster_done: bpy.props.IntProperty(description="Of those, the ones finished (added or failed)")
     message: bpy.props.StringProperty(description="The last result or error")
     log_tail: bpy.props.StringProperty(description="The worker's last lines of log")
     setup: bpy.props.PointerProperty(type=UnsampleSetupState)

@@ -3,6 +3,10 @@
 :meth:`Runner.tick` does a bounded slice of work (render a few frames, apply the worker's
 events, import a finished result) and returns; the modal operator calls it from a timer, the
 blocking path of the operators calls it in a loop. Heavy work happens in the worker process.
+
+Without the Cluster preference each strip is exported, then restyled by a worker of its own, one
+after another. With it, a batch's strips are all exported first, then run at once on one worker
+(:mod:`.cluster_batch`); a single strip gets ``--cluster`` on its own worker.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 import bpy
 
 from ..engine.protocol import Done, ErrorCode, ErrorEvent, FrameWritten, JobSpec, Progress, WarningEvent
+from .cluster import cluster_arguments, cluster_target, setup_hint
+from .cluster_batch import ClusterBatch
 from .export_process import ExportProcess, JobError, failure_text
 from .paths import new_run_folder, strip_folder
 from .preferences import ADDON_ID, GPU_MEMORY_OPTIONS
@@ -28,6 +34,7 @@ from .worker import Worker
 
 EVENTS_PER_TICK = 200
 CANCEL_GRACE = 10.0  # seconds a cancelled worker gets before it is killed
+CLUSTER_CANCEL_GRACE = 30.0  # a worker on a cluster also stops its cluster workers (and a local Ray)
 EXPORT_SHARE = 0.05  # of a strip's progress bar
 # One for each of the worker's stages, protocol.STAGES (tests/engine/test_shared_facts.py checks).
 STAGE_TEXT = {
@@ -55,6 +62,7 @@ class StripJob:
     cancel_sent_at: float | None = None
     resume: bool = False  # run again in its own folder, reusing what the earlier run left
     started: bool = False
+    position: int = 0  # 1-based place in the batch, as the panel counts strips
 
     @property
     def frames_dir(self) -> Path:
@@ -74,11 +82,15 @@ class Outcome:
 
 
 class Runner:
-    """One batch at a time: strips wait in a queue and run one after another (one worker)."""
+    """One batch at a time: strips wait in a queue and run one after another (one worker), or with
+    Cluster on, are exported one after another and then run at once (one worker for them all)."""
 
     def __init__(self) -> None:
         self.queue: collections.deque[StripJob] = collections.deque()
         self.current: StripJob | None = None
+        self.parked: list[StripJob] = []  # exported, waiting for the batch's other strips (Cluster on)
+        self.cluster_batch: ClusterBatch | None = None  # the parked strips, at once on one worker
+        self.cluster: list[str] = []  # the worker's --cluster arguments for this batch (none: no cluster)
         self.outcomes: list[Outcome] = []
         self.added: list[str] = []  # names of the strips this batch added
         self.resumable: list[StripJob] = []  # failed or cancelled in this batch, their folders kept
@@ -88,7 +100,7 @@ class Runner:
 
     @property
     def busy(self) -> bool:
-        return self.current is not None or bool(self.queue)
+        return self.current is not None or bool(self.queue) or bool(self.parked) or self.cluster_batch is not None
 
     def enqueue(self, scene: bpy.types.Scene, strips: list, preview: bool = False) -> int:
         """Queue ``strips`` of ``scene``; returns how many were queued."""
@@ -108,6 +120,8 @@ class Runner:
 
     def _new_batch(self) -> None:
         self.outcomes, self.added, self.resumable, self.batch_size, self.cancelled = [], [], [], 0, False
+        prefs = preferences()  # read once a batch: the whole batch runs on the same cluster, or none
+        self.cluster = cluster_arguments(cluster_target(prefs.cluster, prefs.cluster_address) if prefs else None)
 
     def resume(self) -> int:
         """Queue the last batch's failed or cancelled strips again, each in its own job folder."""
@@ -125,10 +139,15 @@ class Runner:
     def cancel(self) -> None:
         """Stop the running strip and drop the rest of the batch; nothing is imported."""
         self.cancelled = True
-        for job in self.queue:
+        waiting = [*self.parked, *self.queue]
+        for job in waiting:
             self.outcomes.append(Outcome(job.ref.name, False, "cancelled before it started"))
-        self.resumable.extend(self.queue)
+        self.resumable.extend(waiting)
         self.queue.clear()
+        self.parked.clear()
+        if self.cluster_batch is not None:
+            self.cluster_batch.cancel()
+            return
         job = self.current
         if job is None:
             return
@@ -142,14 +161,19 @@ class Runner:
         """Move the batch on by one short step of main-thread work; False once it is over."""
         started = time.perf_counter()
         try:
-            if self.current is None and self.queue:
-                self.current = self.queue.popleft()
-            job = self.current
-            if job is not None:
-                try:
-                    self._advance(job)
-                except Exception as error:  # a failed strip must not take the batch down
-                    self._finish(job, False, _describe(error))
+            if self.cluster_batch is not None:
+                self._follow_cluster_batch()
+            elif self.current is None and not self.queue and self.parked:
+                self._start_parked()
+            else:
+                if self.current is None and self.queue:
+                    self.current = self.queue.popleft()
+                job = self.current
+                if job is not None:
+                    try:
+                        self._advance(job)
+                    except Exception as error:  # a failed strip must not take the batch down
+                        self._finish(job, False, _describe(error))
             if not self.busy:
                 self._end_batch()
             return self.busy
@@ -161,7 +185,8 @@ class Runner:
     def _begin(self, job: StripJob) -> None:
         state = _state()
         state.strip_name = job.ref.name
-        state.strip_index = len(self.outcomes) + 1
+        job.position = len(self.outcomes) + len(self.parked) + 1
+        state.strip_index = job.position
         state.strip_count = self.batch_size
         state.progress, state.eta, state.frames_done = 0.0, -1.0, 0
         state.frames_total = len(job.frames)
@@ -178,7 +203,7 @@ class Runner:
             # A resumed job's frames and settings are all there: straight to the worker, which
             # reuses what its earlier run left (cached latents, frames it wrote).
             job.spec = JobSpec.from_dict(json.loads(job_file.read_text(encoding="utf-8")))
-            self._start_worker(job)
+            self._exported(job)
         else:
             self._start_export(job, scene, strip)
 
@@ -222,20 +247,26 @@ class Runner:
         exporter.close()
         job.exporter = None
         (job.run_dir / "job.json").write_text(job.spec.to_json(), encoding="utf-8")
-        self._start_worker(job)
+        self._exported(job)
+
+    def _exported(self, job: StripJob) -> None:
+        """The strip's frames and job file are there: its worker starts, or with Cluster on and more
+        strips in the batch it waits for them, to run with them at once."""
+        if self.cluster and not job.preview and (self.queue or self.parked):
+            self.parked.append(job)
+            self.current = None
+            _state().stage = "Frames exported, waiting for the batch's other strips"
+        else:
+            self._start_worker(job)
+
+    def _cluster_for(self, job: StripJob) -> list[str]:
+        # A preview is one context window, nothing to share among GPUs: a cluster would only add its start-up.
+        return [] if job.preview else self.cluster
 
     def _start_worker(self, job: StripJob) -> None:
-        job_file = job.run_dir / "job.json"
-        python = worker_python()
-        try:
-            job.worker = Worker(
-                python, ["restyle", "--job", str(job_file), "--progress", "json"], job.run_dir / "worker.log"
-            )
-        except OSError as error:
-            raise JobError(
-                f"cannot start the worker Python {python} ({error.strerror or error}): check the "
-                "Worker Python preference"
-            ) from error
+        job.worker = _start(
+            ["--job", str(job.run_dir / "job.json"), *self._cluster_for(job)], job.run_dir / "worker.log"
+        )
         state = _state()
         state.status = "RUNNING"
         state.stage = STAGE_TEXT["load"]
@@ -244,7 +275,8 @@ class Runner:
         worker = job.worker
         for event in worker.take_events(EVENTS_PER_TICK):
             self._apply(job, event)
-        if job.cancel_sent_at is not None and time.monotonic() - job.cancel_sent_at > CANCEL_GRACE:
+        grace = CLUSTER_CANCEL_GRACE if self._cluster_for(job) else CANCEL_GRACE
+        if job.cancel_sent_at is not None and time.monotonic() - job.cancel_sent_at > grace:
             worker.kill()
         if not worker.finished():
             return
@@ -254,10 +286,7 @@ class Runner:
         elif job.done is not None and worker.exit_code == 0:
             self._import(job)
         else:
-            error = job.error or worker.failure()
-            oom = error.code == ErrorCode.OUT_OF_MEMORY.value
-            where = " (GPU memory options: Preferences > Add-ons > Unsample)" if oom else ""
-            self._finish(job, False, f"{error.message}{where} [{error.code}]")
+            self._finish(job, False, failure_message(job.error or worker.failure()))
 
     def _apply(self, job: StripJob, event: object) -> None:
         state = _state()
@@ -265,14 +294,7 @@ class Runner:
             state.progress = EXPORT_SHARE + (1 - EXPORT_SHARE) * event.fraction
             state.eta = -1.0 if event.eta is None else event.eta
             state.frames_done = event.frames_done
-            text = STAGE_TEXT.get(event.stage, event.stage)
-            if event.windows:
-                text += f": step {event.step}/{event.total}"
-                if event.windows > 1:
-                    text += f", window {event.window}/{event.windows}"
-            elif event.total:
-                text += f" {event.step}/{event.total}"
-            state.stage = text
+            state.stage = stage_text(event)
         elif isinstance(event, FrameWritten):
             state.frames_done = event.index + 1
         elif isinstance(event, WarningEvent):
@@ -327,7 +349,62 @@ class Runner:
             self.resumable.append(job)  # its folder is kept: Resume runs it again there
         self.outcomes.append(Outcome(job.ref.name, ok, message, warning))
         _state().message = f"{job.ref.name}: {message}"
-        self.current = None
+        if self.current is job:
+            self.current = None
+
+    # --- several strips at once on a cluster ---------------------------------------------------------
+
+    def _start_parked(self) -> None:
+        jobs, self.parked = self.parked, []
+        if len(jobs) == 1:  # the batch's other strips failed before their export ended
+            self.current = jobs[0]
+            try:
+                self._start_worker(jobs[0])
+            except Exception as error:
+                self._finish(jobs[0], False, _describe(error))
+            return
+        arguments = [a for job in jobs for a in ("--job", str(job.run_dir / "job.json"))]
+        try:
+            worker = _start([*arguments, *self.cluster], jobs[0].run_dir / "worker.log")
+        except JobError as error:
+            for job in jobs:
+                self._finish(job, False, str(error))
+            return
+        self.cluster_batch = ClusterBatch(
+            jobs, worker, self._show_cluster_progress, self._cluster_done, self._cluster_failed
+        )
+        state = _state()
+        state.status, state.stage, state.progress, state.eta = "RUNNING", STAGE_TEXT["load"], EXPORT_SHARE, -1.0
+        state.strip_name, state.strip_index = jobs[0].ref.name, jobs[0].position
+        state.cluster_strips, state.cluster_done = len(jobs), 0
+        state.frames_done, state.frames_total = 0, sum(len(job.frames) for job in jobs)
+
+    def _follow_cluster_batch(self) -> None:
+        batch = self.cluster_batch
+        over = batch.tick(EVENTS_PER_TICK, CLUSTER_CANCEL_GRACE)
+        state = _state()
+        state.cluster_done = batch.finished_strips
+        state.frames_done = sum(batch.frames_done)
+        if over:
+            state.log_tail = batch.worker.log_tail()
+            state.cluster_strips = 0
+            self.cluster_batch = None
+
+    def _show_cluster_progress(self, job: StripJob, event: Progress) -> None:
+        state = _state()
+        state.strip_name, state.strip_index = job.ref.name, job.position
+        state.progress = EXPORT_SHARE + (1 - EXPORT_SHARE) * event.batch_fraction
+        state.eta = -1.0 if event.batch_eta is None else event.batch_eta
+        state.stage = stage_text(event)
+
+    def _cluster_done(self, job: StripJob, done: Done) -> None:
+        try:
+            self._import(job)
+        except Exception as error:  # one strip's import must not take the others down
+            self._finish(job, False, _describe(error))
+
+    def _cluster_failed(self, job: StripJob, error: ErrorEvent | None) -> None:
+        self._finish(job, False, "cancelled" if error is None else failure_message(error))
 
     def _end_batch(self) -> None:
         state = _state()
@@ -335,6 +412,7 @@ class Runner:
             return
         failed = [o for o in self.outcomes if not o.ok]
         state.status = "CANCELLED" if self.cancelled else "FAILED" if failed else "FINISHED"
+        state.cluster_strips = 0
         state.progress = 1.0 if not failed else state.progress
         state.eta = -1.0
         state.stage = ""
@@ -342,6 +420,40 @@ class Runner:
             state.message = f"{len(self.outcomes) - len(failed)} of {len(self.outcomes)} strips restyled" + (
                 f"; {failed[0].strip}: {failed[0].message}" if failed else ""
             )
+
+
+def stage_text(event: Progress) -> str:
+    """What the worker is doing, for the progress bar."""
+    text = STAGE_TEXT.get(event.stage, event.stage)
+    if event.windows:
+        text += f": step {event.step}/{event.total}"
+        if event.windows > 1:
+            text += f", window {event.window}/{event.windows}"
+    elif event.total:
+        text += f" {event.step}/{event.total}"
+    return text
+
+
+def failure_message(error: ErrorEvent) -> str:
+    """A worker's error for the panel and the report, with where to fix it where that is a preference."""
+    where = {
+        ErrorCode.OUT_OF_MEMORY.value: " (GPU memory options: Preferences > Add-ons > Unsample)",
+        ErrorCode.CLUSTER.value: " (the Cluster preference: Preferences > Add-ons > Unsample)",
+    }.get(error.code, "")
+    if error.code == ErrorCode.WORKER_SETUP.value:
+        where = setup_hint(error.message)
+    return f"{error.message}{where} [{error.code}]"
+
+
+def _start(job_arguments: list[str], log: Path) -> Worker:
+    """A worker for ``restyle`` with these job files (and cluster), events as JSON lines."""
+    python = worker_python()
+    try:
+        return Worker(python, ["restyle", *job_arguments, "--progress", "json"], log)
+    except OSError as error:
+        raise JobError(
+            f"cannot start the worker Python {python} ({error.strerror or error}): check the Worker Python preference"
+        ) from error
 
 
 def _describe(error: Exception) -> str:

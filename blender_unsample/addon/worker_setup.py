@@ -27,6 +27,7 @@ from .worker import PACKAGE_DIR, doctor_report, worker_command
 
 UV_VERSION = "0.13.9"  # uv is installed into the new environment from the same index as the rest
 REQUIREMENTS = PACKAGE_DIR / "engine" / "requirements.txt"
+CLUSTER_REQUIREMENTS = PACKAGE_DIR / "engine" / "requirements-cluster.txt"  # Ray, while Cluster is on
 ENV_FOLDER = "worker-env"
 CACHE_FOLDER = "uv-cache"  # next to the environment: a retry reuses every finished download
 LOG_NAME = "worker-env.log"
@@ -88,8 +89,11 @@ class Step:
     share: float  # of the whole progress bar
 
 
-def plan(base_python: str, root: Path, index: str, requirements: Path = REQUIREMENTS) -> list[Step]:
-    """The commands that make (or finish, or refresh) the worker environment in ``root``."""
+def plan(
+    base_python: str, root: Path, index: str, requirements: Path = REQUIREMENTS, cluster: bool = False
+) -> list[Step]:
+    """The commands that make (or finish, or refresh) the worker environment in ``root``; with ``cluster``,
+    Ray as well."""
     env = root / ENV_FOLDER
     python, uv = str(env_python(env)), str(env_uv(env))
     cut_short = (root / INCOMPLETE_NAME).exists()
@@ -104,7 +108,10 @@ def plan(base_python: str, root: Path, index: str, requirements: Path = REQUIREM
     # Without an index of its own, uv picks PyTorch's index for this machine: the CUDA build that
     # fits the NVIDIA driver, the default build on macOS, the CPU build elsewhere.
     install += index_arguments(index) if index.strip() else ["--torch-backend=auto"]
-    steps.append(Step("install", "Installing packages", [*install, "-r", str(requirements)], 0.85))
+    install += ["-r", str(requirements)]
+    if cluster:
+        install += ["-r", str(CLUSTER_REQUIREMENTS)]
+    steps.append(Step("install", "Installing packages", install, 0.85))
     steps.append(Step("check", "Checking the new environment", worker_command(python, "doctor"), 0.05))
     total = sum(s.share for s in steps)
     return [Step(s.kind, s.text, s.command, s.share / total) for s in steps]
@@ -204,12 +211,14 @@ def failure_reason(output: str, index: str) -> str:
 class SetupJob:
     """The planned steps, run one after another on a thread; the main thread reads the state."""
 
-    def __init__(self, base_python: str, root: Path, index: str, requirements: Path = REQUIREMENTS) -> None:
+    def __init__(
+        self, base_python: str, root: Path, index: str, requirements: Path = REQUIREMENTS, cluster: bool = False
+    ) -> None:
         self.root = root
         self.index = index
         self.env = root / ENV_FOLDER
         self.log_path = root / LOG_NAME
-        self.steps = plan(base_python, root, index, requirements)
+        self.steps = plan(base_python, root, index, requirements, cluster)
         self.step = self.steps[0]
         self.install = InstallProgress()
         self.started = time.monotonic()
@@ -368,11 +377,13 @@ def latest() -> SetupJob | None:
     return _current
 
 
-def start(base_python: str, root: Path, index: str, requirements: Path = REQUIREMENTS) -> SetupJob:
+def start(
+    base_python: str, root: Path, index: str, requirements: Path = REQUIREMENTS, cluster: bool = False
+) -> SetupJob:
     global _current
     if running() is not None:
         raise RuntimeError("the worker is being set up already")
-    _current = SetupJob(base_python, root, index, requirements).start()
+    _current = SetupJob(base_python, root, index, requirements, cluster).start()
     return _current
 
 

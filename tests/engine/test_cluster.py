@@ -169,3 +169,26 @@ def test_windows_are_shared_out_in_runs_differing_by_at_most_one():
     assert [len(s) for s in shares] == [3, 2, 2]
     assert [w for share in shares for w in share] == windows
     assert split_evenly(windows[:1], 2) == [windows[:1], []]
+
+
+def test_without_ray_the_cluster_says_how_to_install_it(monkeypatch):
+    from blender_unsample.engine.cluster.connect import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(UnsampleError, match=r"requirements-cluster\.txt") as error:
+        import_ray()
+    assert error.value.code == ErrorCode.WORKER_SETUP
+    assert "Set Up Worker" in error.value.message
+
+
+def test_the_unsample_cache_serves_a_cluster_job_as_it_serves_one_process(cluster, tiny_spec, tmp_path):
+    write_clip(tmp_path / "frames", 12)
+    cache = str(tmp_path / "cache")
+    same = dict(cache_dir=cache, unsample_prompt="a street")  # the unsample pass's own prompt: its key
+    restyle(light(tiny_spec, tmp_path / "frames", tmp_path / "first", **same), lambda event: None)
+
+    events = []
+    spec = light(tiny_spec, tmp_path / "frames", tmp_path / "second", prompt="a watercolour", **same)
+    assert run_on_cluster([spec], "auto", 0, events.append, threading.Event()) == [None]
+    assert events[-1].unsample_cached, "a new style of the same frames takes the unsample pass from the cache"
+    assert not [e for e in events if isinstance(e, Progress) and e.stage == "unsample" and e.windows]

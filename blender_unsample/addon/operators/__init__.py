@@ -3,6 +3,7 @@
 import bpy
 
 from .cancel import SEQUENCER_OT_unsample_cancel
+from .check_cluster import SEQUENCER_OT_unsample_check_cluster, unregister_timer
 from .clear_cache import SEQUENCER_OT_unsample_clear_cache
 from .lora_add import SEQUENCER_OT_unsample_lora_add
 from .lora_remove import SEQUENCER_OT_unsample_lora_remove
@@ -22,5 +23,11 @@ classes = (
     SEQUENCER_OT_unsample_resume,
     SEQUENCER_OT_unsample_setup_worker,
     SEQUENCER_OT_unsample_setup_cancel,
+    SEQUENCER_OT_unsample_check_cluster,
 )
-register, unregister = bpy.utils.register_classes_factory(classes)
+register, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
+def unregister() -> None:
+    unregister_timer()
+    _unregister_classes()

@@ -10,7 +10,8 @@ import time
 
 import bpy
 
-from ..runner import RUNNER
+from ..cluster import cluster_problem
+from ..runner import RUNNER, preferences
 from ..strips import has_strips
 
 TIMER_INTERVAL = 0.1
@@ -38,7 +39,12 @@ class BatchOperator:
         problem = cls.strip_problem(scene)
         if problem:
             return problem
-        return None if scene.unsample.prompt.strip() else "Type a style prompt first"
+        if not scene.unsample.prompt.strip():
+            return "Type a style prompt first"
+        prefs = preferences()
+        if prefs is None or cls.preview:  # a preview is one context window: it runs on the worker alone
+            return None
+        return cluster_problem(prefs.cluster, prefs.cluster_address)
 
     @classmethod
     def strip_problem(cls, scene: bpy.types.Scene) -> str | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import bpy
 
 from .. import runner, worker_setup
+from ..cluster import forget_cluster_reports
 from ..preferences import ADDON_ID
 from ..worker import forget_worker_reports
 
@@ -33,6 +34,12 @@ def package_index() -> str:
     prefs = runner.preferences()
     index = prefs.package_index.strip() if prefs else ""
     return bpy.path.abspath(index) if index and "://" not in index else index  # a //relative folder
+
+
+def with_cluster() -> bool:
+    """Ray goes into the environment too while the Cluster preference is on."""
+    prefs = runner.preferences()
+    return bool(prefs and prefs.cluster != "NONE")
 
 
 def setup_problem() -> str | None:
@@ -57,7 +64,8 @@ def show(context: bpy.types.Context, job: worker_setup.SetupJob) -> None:
 
 class SEQUENCER_OT_unsample_setup_worker(bpy.types.Operator):
     """Install torch, diffusers and the worker's other pinned packages into a new Python environment in the
-    extension's user folder (about 2.5 GB with CUDA, 200 MB for the CPU), check it and make it the Worker Python"""
+    extension's user folder (about 2.5 GB with CUDA, 200 MB for the CPU), and Ray while Cluster is on; check it and
+    make it the Worker Python"""
 
     bl_idname = "sequencer.unsample_setup_worker"
     bl_label = "Set Up Worker"
@@ -80,7 +88,9 @@ class SEQUENCER_OT_unsample_setup_worker(bpy.types.Operator):
 
     def start(self, context: bpy.types.Context) -> worker_setup.SetupJob | None:
         try:
-            job = worker_setup.start(self.python or sys.executable, setup_root(), package_index())
+            job = worker_setup.start(
+                self.python or sys.executable, setup_root(), package_index(), cluster=with_cluster()
+            )
         except (OSError, RuntimeError) as error:
             self.report({"ERROR"}, f"Cannot set up the worker: {error}")
             return None
@@ -139,6 +149,7 @@ class SEQUENCER_OT_unsample_setup_worker(bpy.types.Operator):
         if prefs is not None:
             prefs.worker_python = str(job.python)
         forget_worker_reports()
+        forget_cluster_reports()  # Ray may be there now
         packages = (job.report or {}).get("packages", {})
         devices = (job.report or {}).get("devices", ["cpu"])
         message = f"Worker set up: torch {packages.get('torch')} ({devices[0]}) in {job.env}"

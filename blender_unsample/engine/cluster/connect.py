@@ -73,10 +73,11 @@ def check_reachable(address: str, seconds: float = CONNECT_SECONDS) -> None:
     try:
         socket.create_connection((host, port), timeout=seconds).close()
     except OSError as error:
-        reason = "no answer" if isinstance(error, TimeoutError) else error.strerror or str(error)
+        timed_out = isinstance(error, TimeoutError)
+        reason = f"nothing within {seconds:g} s" if timed_out else (error.strerror or str(error)).lower()
         raise UnsampleError(
             ErrorCode.CLUSTER,
-            f"the Ray cluster at {address} does not answer ({reason} within {seconds:g} s): start it there with "
+            f"the Ray cluster at {address} does not answer ({reason}): start it there with "
             f"`ray start --head --port={port}`, or check the address and the firewall. Nothing was started",
         ) from error
 

@@ -40,6 +40,8 @@ PARENT_GONE_GRACE_SECONDS = 5.0
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "doctor" and args.cluster:
+        return _doctor_cluster(args.cluster)  # soon: without loading the model libraries first
     _quiet_libraries()
     if args.command == "tiny-models":
         try:
@@ -55,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: str(v) for k, v in dataclasses.asdict(models).items()}))
         return 0
     if args.command == "doctor":
-        if args.cluster:
-            return _doctor_cluster(args.cluster)
         from .doctor import report
 
         print(json.dumps(report()))

@@ -1,0 +1,76 @@
+"""Check Cluster: ask the worker whether the Cluster preference's Ray cluster answers, and with how many GPUs.
+
+Interactively the check runs on a thread and the panel and preferences show its answer when it comes
+(a local Ray takes a few seconds to start); from scripts and in background mode ``execute`` waits for it.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+from .. import cluster, runner
+
+
+def current_target() -> tuple[str | None, str | None]:
+    """The cluster the preferences name, or None and why it cannot be checked."""
+    prefs = runner.preferences()
+    if prefs is None or prefs.cluster == "NONE":
+        return None, "Cluster is None in Unsample's preferences: jobs run on the worker alone"
+    problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address)
+    if problem:
+        return None, problem
+    return cluster.cluster_target(prefs.cluster, prefs.cluster_address), None
+
+
+def _redraw_when_checked() -> float | None:
+    """A timer while a check runs: the panel and the preferences show the answer once it is in."""
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type in {"SEQUENCE_EDITOR", "PREFERENCES"}:
+                area.tag_redraw()
+    return 0.5 if cluster.checking() else None
+
+
+class SEQUENCER_OT_unsample_check_cluster(bpy.types.Operator):
+    """Ask the worker whether the Ray cluster of the Cluster preference answers, and how many GPUs and nodes it
+    has (This Machine's GPUs starts a local Ray for a few seconds)"""
+
+    bl_idname = "sequencer.unsample_check_cluster"
+    bl_label = "Check Cluster"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        target, problem = current_target()
+        if problem:
+            cls.poll_message_set(problem)
+            return False
+        report = cluster.cluster_report(runner.worker_python(), target)
+        if report and report.get("checking"):
+            cls.poll_message_set("The cluster is being checked")
+            return False
+        return True
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        target, _ = current_target()
+        cluster.check_cluster(runner.worker_python(), target)
+        if not bpy.app.timers.is_registered(_redraw_when_checked):
+            bpy.app.timers.register(_redraw_when_checked, first_interval=0.5)
+        self.report({"INFO"}, f"Checking the cluster ({target})")
+        return {"FINISHED"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        target, _ = current_target()
+        python = runner.worker_python()
+        cluster.check_cluster(python, target).join()
+        report = cluster.cluster_report(python, target) or {}
+        if not report.get("ok"):
+            self.report({"ERROR"}, f"Cluster {target}: {cluster.describe(report)}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Cluster {report.get('address') or target}: {cluster.describe(report)}")
+        return {"FINISHED"}
+
+
+def unregister_timer() -> None:
+    if bpy.app.timers.is_registered(_redraw_when_checked):
+        bpy.app.timers.unregister(_redraw_when_checked)  # it would call into a disabled add-on
