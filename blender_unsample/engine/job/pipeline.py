@@ -68,12 +68,13 @@ def restyle(
     emit: Callable[[Event], None],
     cancel: threading.Event | None = None,
     *,
-    load: ComponentLoader = load_components,
+    load: ComponentLoader | None = None,
     window_pool: WindowPool | None = None,
 ) -> Done:
     """Run a whole job; raises :class:`UnsampleError` (with a code) on anything the user can fix.
 
-    ``load`` may hand out models kept from an earlier job (a cluster worker's); with a
+    ``load`` (default: load_components) may hand out models kept from an earlier job (a cluster
+    worker's); with a
     ``window_pool`` the UNet runs there and this process keeps only the VAE on its device.
     """
     run = RestyleRun(spec, emit, cancel, load, window_pool)
@@ -107,7 +108,7 @@ class RestyleRun:
         spec: JobSpec,
         emit: Callable[[Event], None],
         cancel: threading.Event | None = None,
-        load: ComponentLoader = load_components,
+        load: ComponentLoader | None = None,
         window_pool: WindowPool | None = None,
     ) -> None:
         self.spec = spec
@@ -162,7 +163,10 @@ class RestyleRun:
         spec = self.spec
         self.tracker.start("load")
         self.placement = pick_placement(spec.device)
-        self.components = self.load(spec, self.placement.dtype, self.placement.vae_dtype, self.warn, self.downloading)
+        # load_components looked up now, not bound at import: benchmarks wrap it to time the models.
+        self.components = (self.load or load_components)(
+            spec, self.placement.dtype, self.placement.vae_dtype, self.warn, self.downloading
+        )
         _check_size(self.size, self.components)
         self.windows = _windows(spec, len(self.frames), self.components.context_limit, self.warn)
         calls = spec.steps * len(self.windows)
