@@ -86,37 +86,29 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_frames_are_the_same(cluster
     assert_same_frames(tmp_path / "alone", tmp_path / "cluster")
 
 
-def test_a_batch_of_three_strips_runs_on_two_workers_each_strip_as_alone(cluster, tiny_spec, tmp_path):
+def test_a_batch_of_three_strips_on_two_workers_each_as_alone_a_failure_reported_by_its_index(
+    cluster, tiny_spec, tmp_path
+):
     specs = []
     for i, frames in enumerate((6, 9, 4)):
         write_clip(tmp_path / f"frames{i}", frames, start=10 * i + 1)
         specs.append(light(tiny_spec, tmp_path / f"frames{i}", tmp_path / f"out{i}", prompt=f"style {i}"))
+    specs[0] = light(tiny_spec, tmp_path / "frames0", tmp_path / "out0", controlnet=str(tmp_path / "no-controlnet"))
     restyle(light(tiny_spec, tmp_path / "frames1", tmp_path / "alone", prompt="style 1"), lambda event: None)
 
     events = []
-    assert run_on_cluster(specs, "auto", 0, events.append, threading.Event()) == [None, None, None]
+    errors = run_on_cluster(specs, "auto", 0, events.append, threading.Event())
 
-    done = {e.job: e for e in events if isinstance(e, Done)}
-    assert sorted(done) == [0, 1, 2]
-    assert [done[i].frames for i in range(3)] == [6, 9, 4]
+    assert errors[0].code == ErrorCode.MODEL_NOT_FOUND and errors[1:] == [None, None], "the others go on"
+    assert [(e.job, e.code) for e in events if isinstance(e, ErrorEvent)] == [(0, "model_not_found")]
+    done = {e.job: e.frames for e in events if isinstance(e, Done)}
+    assert done == {1: 9, 2: 4}
     assert_same_frames(tmp_path / "alone", tmp_path / "out1")
+    assert not frames_of(tmp_path / "out0")
     progress = [e for e in events if isinstance(e, Progress)]
     assert {e.jobs for e in progress} == {3}
     batch = [e.batch_fraction for e in progress]
     assert batch == sorted(batch) and 0 < batch[-1] <= 1, "the batch's progress only moves forward"
-
-
-def test_a_failing_strip_is_reported_and_the_others_finish(cluster, tiny_spec, tmp_path):
-    write_clip(tmp_path / "frames", 4)
-    good = light(tiny_spec, tmp_path / "frames", tmp_path / "good")
-    bad = light(tiny_spec, tmp_path / "frames", tmp_path / "bad", controlnet=str(tmp_path / "no-such-controlnet"))
-    events = []
-    errors = run_on_cluster([bad, good], "auto", 0, events.append, threading.Event())
-    assert errors[0].code == ErrorCode.MODEL_NOT_FOUND and errors[1] is None
-    failures = [e for e in events if isinstance(e, ErrorEvent)]
-    assert [(e.job, e.code) for e in failures] == [(0, "model_not_found")]
-    assert [e.job for e in events if isinstance(e, Done)] == [1]
-    assert len(frames_of(tmp_path / "good")) == 4 and not frames_of(tmp_path / "bad")
 
 
 def test_cancel_stops_every_worker_and_writes_nothing(cluster, tiny_spec, tmp_path):
