@@ -43,6 +43,11 @@ def cluster_arguments(target: str | None) -> list[str]:
     return ["--cluster", target] if target else []
 
 
+def display_name(target: str) -> str:
+    """The cluster as the preference names it: the worker's "auto" is this machine's GPUs."""
+    return "This Machine's GPUs" if target == LOCAL else target
+
+
 def describe(report: dict) -> str:
     """A check's answer in a few words: the cluster's GPUs and nodes, or why it cannot be used."""
     if not report.get("ok"):

@@ -216,15 +216,16 @@ def draw_cluster_state(layout: bpy.types.UILayout, context: bpy.types.Context, w
         return
     target = cluster.cluster_target(prefs.cluster, prefs.cluster_address)
     report = cluster.cluster_report(worker_python(), target)
-    name = "This machine's GPUs" if target == cluster.LOCAL else target
+    name = cluster.display_name(target)
     if report is None:
         text, icon = f"Cluster: {name}, not checked yet", "NETWORK_DRIVE"
     elif report.get("checking"):
         text, icon = f"Checking the cluster ({name})…", "TIME"
     elif report.get("ok"):
-        text, icon = f"Cluster: {cluster.describe(report)}", "CHECKMARK"
+        # No GPUs: it works, on CPUs, slowly: said, not ticked.
+        text, icon = f"Cluster: {cluster.describe(report)}", "CHECKMARK" if report.get("gpus") else "INFO"
     else:
-        text, icon = f"Cluster {name}: {cluster.describe(report)}", "ERROR"
+        text, icon = f"Cluster: {cluster.describe(report)}", "ERROR"  # the message names the address
     column = layout.column()
     _wrapped(column, text, width - 50, icon)
     column.operator("sequencer.unsample_check_cluster", icon="FILE_REFRESH")

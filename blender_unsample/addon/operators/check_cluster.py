@@ -56,7 +56,7 @@ class SEQUENCER_OT_unsample_check_cluster(bpy.types.Operator):
         cluster.check_cluster(runner.worker_python(), target)
         if not bpy.app.timers.is_registered(_redraw_when_checked):
             bpy.app.timers.register(_redraw_when_checked, first_interval=0.5)
-        self.report({"INFO"}, f"Checking the cluster ({target})")
+        self.report({"INFO"}, f"Checking the cluster ({cluster.display_name(target)})")
         return {"FINISHED"}
 
     def execute(self, context: bpy.types.Context) -> set[str]:
@@ -65,9 +65,9 @@ class SEQUENCER_OT_unsample_check_cluster(bpy.types.Operator):
         cluster.check_cluster(python, target).join()
         report = cluster.cluster_report(python, target) or {}
         if not report.get("ok"):
-            self.report({"ERROR"}, f"Cluster {target}: {cluster.describe(report)}")
+            self.report({"ERROR"}, f"Cluster: {cluster.describe(report)}")  # the message names the address
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Cluster {report.get('address') or target}: {cluster.describe(report)}")
+        self.report({"INFO"}, f"Cluster {cluster.display_name(target)}: {cluster.describe(report)}")
         return {"FINISHED"}
 
 

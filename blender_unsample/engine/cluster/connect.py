@@ -46,7 +46,7 @@ def import_ray() -> ModuleType:
         raise UnsampleError(
             ErrorCode.WORKER_SETUP,
             f"a cluster needs Ray in the worker's Python ({sys.executable}): install it with "
-            f"`{sys.executable} -m pip install -r {requirements}`, or turn the Cluster preference on and "
+            f"'{sys.executable} -m pip install -r {requirements}', or turn the Cluster preference on and "
             "press Set Up Worker",
         ) from None
     return ray
@@ -78,7 +78,7 @@ def check_reachable(address: str, seconds: float = CONNECT_SECONDS) -> None:
         raise UnsampleError(
             ErrorCode.CLUSTER,
             f"the Ray cluster at {address} does not answer ({reason}): start it there with "
-            f"`ray start --head --port={port}`, or check the address and the firewall. Nothing was started",
+            f"'ray start --head --port={port}', or check the address and the firewall. Nothing was started",
         ) from error
 
 
