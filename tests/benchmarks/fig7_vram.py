@@ -7,8 +7,9 @@ while a dispatch mode counts the bytes of every tensor they create, from the op 
 the moment Python drops the last reference. That is what a GPU's allocator holds at each point,
 minus what lives below the dispatcher (cuDNN workspaces, fragmentation, the CUDA context): the
 notes put numbers on those. The same count is checked against the CPU allocator on a small real
-run. Attention is counted as PyTorch's fused SDPA kernels hold it on a GPU: output and row
-statistics, never the attention matrix.
+run, and by figure 10 (fig10_fullsize.py) on the full-size SD 1.5 motion UNet. Attention is
+counted as PyTorch's fused SDPA kernels hold it on a GPU: output and row statistics, never the
+attention matrix.
 
 The job is modelled phase by phase as ``engine/job/pipeline.py`` runs it: the prompts, by the text
 encoders alone (freed after); the frames, VAE encoded ``vae_batch`` at a time; the clip, sampled a
@@ -276,26 +277,38 @@ def weight_bytes(*models: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for m in models for t in (*m.parameters(), *m.buffers()))
 
 
-def build(setup: Setup) -> Models:
-    """The setup's models, fp16 (VAE fp32 where the job keeps it so), on the meta device."""
-    from diffusers import AutoencoderKL, ControlNetModel, MotionAdapter, UNet2DConditionModel, UNetMotionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+def motion_unet(setup: Setup, device: str = "meta") -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The setup's image UNet, its motion module, and the motion UNet made of the two as the engine makes
+    it (``UNetMotionModel.from_unet2d``, engine/models/components.py; Hotshot-XL's norms as hotshot.py
+    sets them): fp32, diffusers' random initialisation, on ``device`` (meta: shapes only)."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
     xl = setup.family == "sdxl"
     adapter_config = HOTSHOT_XL if setup.motion == "hotshot" else ANIMATEDIFF_SDXL if xl else ANIMATEDIFF_V2
-    with torch.device("meta"):
+    with torch.device(device):
         unet2d = UNet2DConditionModel(**(SDXL_UNET if xl else SD15_UNET))
         adapter = MotionAdapter(**adapter_config)
         unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    if setup.motion == "hotshot":
+        from blender_unsample.engine.models.hotshot import apply_hotshot_norms
+
+        apply_hotshot_norms(unet)
+    return unet2d, adapter, unet
+
+
+def build(setup: Setup) -> Models:
+    """The setup's models, fp16 (VAE fp32 where the job keeps it so), on the meta device."""
+    from diffusers import AutoencoderKL, ControlNetModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    xl = setup.family == "sdxl"
+    unet2d, adapter, unet = motion_unet(setup)
+    with torch.device("meta"):
         controlnet = ControlNetModel.from_unet(unet2d)
         vae = AutoencoderKL(**VAE, **(SDXL_VAE if xl else {}), sample_size=setup.size)  # the configs' sample_size
         encoders = [CLIPTextModel(CLIPTextConfig(**CLIP_L))]
         if xl:
             encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG)))
-    if setup.motion == "hotshot":
-        from blender_unsample.engine.models.hotshot import apply_hotshot_norms
-
-        apply_hotshot_norms(unet)
     family = "SDXL" if xl else "SD1.5"
     motion = {
         "hotshot": "Hotshot-XL temporal layers",
@@ -344,46 +357,55 @@ def unet_step(
     device: str = "meta",
     chunk: bool = False,
 ) -> LiveBytes:
-    """One guided model call on one context window, as denoisers.py and control.py make it."""
+    """One guided model call on one context window, as denoisers.py and control.py make it, its live
+    tensor bytes counted."""
+    watched = (models.unet, models.controlnet) if control else (models.unet,)
+    with feed_forward_chunked(models, chunk), counting(*watched) as tracker:
+        guided_call(models, setup, frames, size, control, device)
+    return tracker
+
+
+def guided_call(
+    models: Models, setup: Setup, frames: int, size: int, control: bool = True, device: str = "meta"
+) -> None:
+    """The call ``unet_step`` counts, uncounted: the window's inputs made on ``device``, one guided
+    model call (CFG: a batch of two), its output guided. Figure 10 runs it on the CPU for real."""
     unet, controlnet = models.unet, models.controlnet if control else None
     dtype, xl = unet.dtype, setup.family == "sdxl"
     side, text = size // 8, unet.config.cross_attention_dim
-    chunked = feed_forward_chunked(models, chunk)
-    with chunked, counting(*(m for m in (unet, controlnet) if m is not None)) as tracker:
-        x = torch.randn(1, 4, frames, side, side, device=device)  # the window, sliced from the clip
-        embeds = [torch.randn(1, 77, text, device=device) for _ in range(2)]  # uncond, cond
-        model_input = (x / 2.0).to(dtype)
-        model_input = torch.cat([model_input, model_input])  # CFG: one batch of two
-        states = torch.cat([e.expand(frames, -1, -1) for e in embeds]).to(dtype)  # one per frame
-        added = None
-        if xl:
-            added = {"text_embeds": torch.randn(2, 1280, device=device), "time_ids": torch.randn(2, 6, device=device)}
-            added = {k: v.to(dtype) for k, v in added.items()}
-        timestep = torch.tensor(500.0, device=device)
-        residuals = {}
-        if controlnet is not None:
-            # The window's hints, uploaded once and cached, repeated for both CFG halves.
-            pixels = torch.randint(0, 255, (frames, size, size, 3), dtype=torch.uint8, device=device)
-            hints = pixels.permute(0, 3, 1, 2).to(dtype) / 255
-            images = model_input.permute(0, 2, 1, 3, 4).reshape(2 * frames, 4, side, side)
-            per_image = {k: v.repeat_interleave(frames, dim=0) for k, v in added.items()} if added else None
-            down, mid = controlnet(
-                images, timestep, encoder_hidden_states=states, controlnet_cond=hints.repeat(2, 1, 1, 1),
-                conditioning_scale=0.3, added_cond_kwargs=per_image, return_dict=False,
-            )  # fmt: skip
-            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-            del images, per_image, down, mid
-        out = unet(
-            model_input, timestep, encoder_hidden_states=states, added_cond_kwargs=added, return_dict=False,
-            **residuals,
-        )[0].to(x.dtype)  # fmt: skip
-        del residuals
-        denoised = x - 2.0 * out.reshape(2, *x.shape)
-        del out
-        uncond, cond = denoised.unbind(0)
-        guided = torch.lerp(uncond, cond, 2.0)
-        del guided
-    return tracker
+    x = torch.randn(1, 4, frames, side, side, device=device)  # the window, sliced from the clip
+    embeds = [torch.randn(1, 77, text, device=device) for _ in range(2)]  # uncond, cond
+    model_input = (x / 2.0).to(dtype)
+    model_input = torch.cat([model_input, model_input])  # CFG: one batch of two
+    states = torch.cat([e.expand(frames, -1, -1) for e in embeds]).to(dtype)  # one per frame
+    added = None
+    if xl:
+        added = {"text_embeds": torch.randn(2, 1280, device=device), "time_ids": torch.randn(2, 6, device=device)}
+        added = {k: v.to(dtype) for k, v in added.items()}
+    timestep = torch.tensor(500.0, device=device)
+    residuals = {}
+    if controlnet is not None:
+        # The window's hints, uploaded once and cached, repeated for both CFG halves.
+        pixels = torch.randint(0, 255, (frames, size, size, 3), dtype=torch.uint8, device=device)
+        hints = pixels.permute(0, 3, 1, 2).to(dtype) / 255
+        images = model_input.permute(0, 2, 1, 3, 4).reshape(2 * frames, 4, side, side)
+        per_image = {k: v.repeat_interleave(frames, dim=0) for k, v in added.items()} if added else None
+        down, mid = controlnet(
+            images, timestep, encoder_hidden_states=states, controlnet_cond=hints.repeat(2, 1, 1, 1),
+            conditioning_scale=0.3, added_cond_kwargs=per_image, return_dict=False,
+        )  # fmt: skip
+        residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        del images, per_image, down, mid
+    out = unet(
+        model_input, timestep, encoder_hidden_states=states, added_cond_kwargs=added, return_dict=False,
+        **residuals,
+    )[0].to(x.dtype)  # fmt: skip
+    del residuals
+    denoised = x - 2.0 * out.reshape(2, *x.shape)
+    del out
+    uncond, cond = denoised.unbind(0)
+    guided = torch.lerp(uncond, cond, 2.0)
+    del guided
 
 
 def vae_pass(vae: Any, size: int, batch: int, decode: bool, tiled: bool = False) -> LiveBytes:

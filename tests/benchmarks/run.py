@@ -31,6 +31,8 @@ FIGURES = {
     7: "fig7_vram",
     8: "fig8_windows",
     9: "fig9_warp",
+    10: "fig10_fullsize",
+    11: "fig11_cluster",
 }
 
 
