@@ -68,6 +68,7 @@ def measure(quick: bool, scratch: Path) -> Figure:
             rows.append([name, gpu, *(f"{s:.2f}x" for s in speedups["one machine"])])
             rows.append([name, f"{gpu}, machines on {NETWORK_GBIT} GbE", *(f"{s:.2f}x" for s in speedups["network"])])
     sd15 = exchange["SD1.5 512 px"]
+    windows = len(context_windows(CLIP_FRAMES, CONTEXT, OVERLAP))
     notes = [
         f"Exchange, measured: one model evaluation over a {exchange['SD1.5 512 px']['frames']}-frame clip in windows "
         f"of {CONTEXT} overlapping by {OVERLAP} ({sd15['windows']} windows) sent to 2 local workers and back: "
@@ -90,6 +91,15 @@ def measure(quick: bool, scratch: Path) -> Figure:
         "ceil(windows / N) per worker per evaluation. Serial, on the driver: the VAE over every frame, the fusion, "
         "and the exchange (measured here on one machine; across machines the bytes over the network added). "
         "Model loading is left out (every worker loads its models at the same time as the driver). Columns: N workers.",
+        "Against the UNet: "
+        + "; ".join(
+            f"{name}, the exchange of a window's {CONTEXT} frames ({exchange[name]['ms_per_frame'] * CONTEXT:.0f} ms) "
+            f"is {exchange[name]['ms_per_frame'] * CONTEXT / (work[name]['window_tflop'] / 30.0 * 1000):.1%} of its "
+            f"UNet time at 30 TFLOP/s ({work[name]['window_tflop'] / 30.0:.1f} s)"
+            for name in LATENTS
+        )
+        + f". What bounds the speed-up is how the windows divide: {windows} windows on 8 GPUs take 2 rounds "
+        f"(at most {windows / 2:.1f}x), and the VAE, which runs on the driver's GPU alone.",
         "The GPU times are FLOPs over an assumed throughput, not measurements: a faster GPU makes the windows "
         "cheaper against the serial work, so its speed-up is lower. On one multi-GPU machine the latents also cross "
         "PCIe to and from each GPU (1 MiB a 16-frame SD 1.5 window: ~0.1 ms at 10 GB/s), left out.",
