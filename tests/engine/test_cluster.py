@@ -111,6 +111,21 @@ def test_a_batch_of_three_strips_on_two_workers_each_as_alone_a_failure_reported
     assert batch == sorted(batch) and 0 < batch[-1] <= 1, "the batch's progress only moves forward"
 
 
+def test_strips_whose_workers_are_all_lost_fail_with_the_cluster_error_and_nothing_hangs(cluster, tiny_spec, tmp_path):
+    write_clip(tmp_path / "frames", 4)
+    specs = [light(tiny_spec, tmp_path / "frames", tmp_path / f"out{i}") for i in range(3)]
+
+    def lose_the_worker(event):
+        names = [n for n in ray.util.list_named_actors() if n.startswith("unsample-strip-")]
+        if isinstance(event, Progress) and names:
+            ray.kill(ray.get_actor(names[0]), no_restart=True)  # gone for good, as a machine taken away
+
+    errors = run_on_cluster(specs, "auto", 1, lose_the_worker, threading.Event())
+    assert [e.code for e in errors] == [ErrorCode.CLUSTER] * 3
+    assert "every cluster worker was lost" in errors[2].message
+    assert not any(frames_of(tmp_path / f"out{i}") for i in range(3))
+
+
 def test_cancel_stops_every_worker_and_writes_nothing(cluster, tiny_spec, tmp_path):
     write_clip(tmp_path / "frames", 24)
     cancel = threading.Event()

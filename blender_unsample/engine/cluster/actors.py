@@ -88,15 +88,13 @@ class WindowWorker:
         ``shared`` is [pass key, ref to (guidance, control on), hints key, ref to hints or None]:
         references inside a list, which Ray hands over unresolved, so they are fetched only when new.
         """
+        import ray  # only ever imported inside a cluster worker
+
         started = time.perf_counter()
         pass_key, pass_ref, hints_key, hints_ref = shared
         if hints_key != self.shared_keys[1]:
-            import ray
-
             self.unet.hints = None if hints_ref is None else ray.get(hints_ref)
         if pass_key != self.shared_keys[0]:
-            import ray
-
             self.guidance, control = ray.get(pass_ref)
             self.unet.enabled = self.controlnet and control
         self.shared_keys = (pass_key, hints_key)

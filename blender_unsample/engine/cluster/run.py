@@ -41,8 +41,9 @@ def run_on_cluster(
     per worker. A cancel raises :class:`Cancelled` after every worker was told to stop.
     """
     scratch = staging_folder()
-    ray, joined = connect(address, scratch)
+    joined = False
     try:
+        ray, joined = connect(address, scratch)
         info = describe(ray, address)
         count = workers or max(1, info.gpus)
         options = worker_options(info, count)

@@ -38,6 +38,12 @@ def run_strips(
         if cancel.is_set():
             _stop(ray, running)
             raise Cancelled()
+        if pending and not idle and not running:  # every worker lost beyond restarting
+            lost = UnsampleError(ErrorCode.CLUSTER, "every cluster worker was lost: the strips left were not run")
+            for job in pending:
+                results[job] = lost
+                batch.forward(job, ErrorEvent(code=lost.code.value, message=lost.message))
+            break
         while pending and idle:
             worker, job = idle.pop(0), pending.popleft()
             running[worker.run.remote(specs[job].to_json())] = (worker, job)
@@ -52,7 +58,9 @@ def run_strips(
                 error = results[job]
                 batch.forward(job, ErrorEvent(code=error.code.value, message=error.message, detail=error.detail))
             batch.finished(job)
-            idle.append(worker)
+            lost = results[job] is not None and results[job].code == ErrorCode.CLUSTER
+            if not lost:  # a worker Ray could not bring back takes no more strips
+                idle.append(worker)
     return results
 
 
