@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UnsampleError
 from ..job.control import ControlledUNet
 from ..job.devices import chunk_feed_forward, pick_placement
 from ..job.pipeline import restyle
 from ..method.denoisers import Guidance, UNetDenoiser
 from ..models import Components, load_components
-from ..protocol import Done, Event, JobSpec
+from ..protocol import Done, ErrorCode, Event, JobSpec
 
 # What load_components reads from a job, and the memory options that change models in place:
 # jobs that agree on these share one set of loaded models.
@@ -38,6 +39,15 @@ def model_key(spec: JobSpec) -> str:
 def worker_name(role: str, index: int) -> str:
     """Named, so that ``ray list actors`` shows whose they are; unique, so jobs never clash."""
     return f"unsample-{role}-{index}-{uuid.uuid4().hex[:8]}"
+
+
+def worker_result(ray: Any, call: Any) -> Any:
+    """What a worker's call returned. A worker Ray could not bring back raises the cluster error; a
+    failure inside the call comes as the worker raised it (Ray's wrapper is an instance of it)."""
+    try:
+        return ray.get(call)
+    except ray.exceptions.RayActorError as error:
+        raise UnsampleError(ErrorCode.CLUSTER, "a cluster worker was lost and did not come back", str(error)) from error
 
 
 def use_threads(threads: int) -> None:

@@ -6,6 +6,8 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -119,5 +121,17 @@ def runtime_env(scratch: Path) -> dict[str, object]:
     return {"py_modules": [str(staged)]}
 
 
-def staging_folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="unsample-cluster-"))
+@contextmanager
+def session(address: str) -> Iterator[ModuleType]:
+    """Ray for ``address`` while the block runs, the engine's code staged for its workers in a
+    folder of its own; after the block the folder goes, and Ray is shut down if :func:`connect`
+    started or joined it here."""
+    scratch = Path(tempfile.mkdtemp(prefix="unsample-cluster-"))
+    joined = False
+    try:
+        ray, joined = connect(address, scratch)
+        yield ray
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if joined:
+            ray.shutdown()

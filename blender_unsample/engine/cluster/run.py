@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from collections.abc import Callable
 from types import ModuleType
@@ -16,7 +15,7 @@ from ..job.devices import pick_placement
 from ..job.pipeline import restyle
 from ..protocol import ErrorCode, Event, JobSpec
 from .actors import WindowWorker, worker_name
-from .connect import ClusterInfo, connect, describe, staging_folder
+from .connect import ClusterInfo, describe, session
 from .strips import make_workers, run_strips
 from .windows import RemoteWindows
 
@@ -40,10 +39,7 @@ def run_on_cluster(
     One job shares its context windows among the workers at every step; several jobs run one
     per worker. A cancel raises :class:`Cancelled` after every worker was told to stop.
     """
-    scratch = staging_folder()
-    joined = False
-    try:
-        ray, joined = connect(address, scratch)
+    with session(address) as ray:
         info = describe(ray, address)
         count = workers or max(1, info.gpus)
         options = worker_options(info, count)
@@ -56,10 +52,6 @@ def run_on_cluster(
             return run_strips(ray, specs, pool, emit, cancel)
         finally:
             _kill(ray, pool)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if joined:
-            ray.shutdown()
 
 
 def worker_options(info: ClusterInfo, count: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import Cancelled, UnsampleError
 from ..job.progress import BatchProgress
 from ..protocol import ErrorCode, ErrorEvent, Event, JobSpec
-from .actors import StripWorker, worker_name
+from .actors import StripWorker, worker_name, worker_result
 
 POLL_SECONDS = 0.2  # how often the workers' progress events are collected
 STOP_GRACE_SECONDS = 10.0  # after a cancel, how long workers get to stop at a check point
@@ -83,14 +83,12 @@ def _forward(ray: ModuleType, worker: Any, job: int, batch: BatchProgress) -> No
 
 def _outcome(ray: ModuleType, call: Any) -> UnsampleError | None:
     try:
-        ray.get(call)
-    except ray.exceptions.RayActorError as error:
-        return UnsampleError(ErrorCode.CLUSTER, "a cluster worker was lost and did not come back", str(error))
-    except ray.exceptions.RayTaskError as error:
-        cause = error.cause
-        if isinstance(cause, UnsampleError):
-            return cause
-        return UnsampleError(ErrorCode.INTERNAL, f"internal error: {cause}", str(error))
+        worker_result(ray, call)
+    except UnsampleError as error:
+        # Ray's wrapper of the worker's error, or the cluster error for a worker lost for good.
+        return error.cause if isinstance(error, ray.exceptions.RayTaskError) else error
+    except ray.exceptions.RayTaskError as error:  # our bug in the worker: reported whole
+        return UnsampleError(ErrorCode.INTERNAL, f"internal error: {error.cause}", str(error))
     return None
 
 

@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UnsampleError
 from ..method.context import WindowEvaluator
 from ..method.denoisers import Conditioning, Guidance
-from ..protocol import ErrorCode
+from .actors import worker_result
 
 
 @dataclasses.dataclass
@@ -74,21 +73,12 @@ class RemoteWindows:
             calls.append(worker.denoise.remote(shared, parts, float(sigma), share))
         busiest = 0.0
         for call in calls:
-            outputs, seconds = self._collect(call)
+            outputs, seconds = worker_result(self.ray, call)  # a lost worker: Ray retried it as often as allowed
             busiest = max(busiest, seconds)
             received += sum(o.nbytes for o in outputs)
             yield from (torch.tensor(o) for o in outputs)  # a copy: what Ray hands over is read-only
         wall = time.perf_counter() - started
         self.stats.append(ExchangeStats(wall, busiest, sent, received, len(windows), x.shape[2]))
-
-    def _collect(self, call: Any) -> tuple[list[np.ndarray], float]:
-        try:
-            return self.ray.get(call)
-        except self.ray.exceptions.RayActorError as error:
-            # Ray restarted the worker and retried its windows as often as allowed; still lost.
-            raise UnsampleError(
-                ErrorCode.CLUSTER, f"a cluster worker was lost and did not come back: {error}", str(error)
-            ) from error
 
 
 def split_evenly(windows: list[list[int]], workers: int) -> list[list[list[int]]]:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "doctor" and args.cluster:
-        return _doctor_cluster(args.cluster)  # soon: without loading the model libraries first
+        return _doctor_cluster(args.cluster)  # answers fast: no model libraries loaded for it
     _quiet_libraries()
     if args.command == "tiny-models":
         try:
@@ -205,23 +205,14 @@ def _run_jobs(
 
 def _doctor_cluster(address: str) -> int:
     """Reach the cluster and say what it has, as one JSON object."""
-    import shutil
+    from ..cluster.connect import describe, session
 
-    from ..cluster.connect import connect, describe, staging_folder
-
-    scratch = staging_folder()
     try:
-        ray, joined = connect(address, scratch)
-        try:
+        with session(address) as ray:
             print(json.dumps(describe(ray, address).report()))
-        finally:
-            if joined:
-                ray.shutdown()
     except UnsampleError as error:
         print(json.dumps({"ok": False, "error": error.message}))  # protocol.CLUSTER_FAILURE_KEYS
         return error.code.exit_code
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
