@@ -9,7 +9,7 @@ import time
 import unicodedata
 from pathlib import Path
 
-from ..engine.protocol import CACHE_ENTRY_SUFFIX, CACHE_PARTIAL_SUFFIX
+from ..engine.protocol import cache_files
 
 
 def safe_name(name: str, limit: int = 40) -> str:
@@ -40,23 +40,15 @@ def new_run_folder(strip_dir: Path, kind: str) -> Path:
     raise FileExistsError(f"no free run folder under {strip_dir}")
 
 
-def _cache_files(folder: Path) -> list[Path]:
-    """What the worker's latent cache keeps in ``folder``: its entries, and any an interrupted
-    worker left half-written."""
-    if not folder.is_dir():
-        return []
-    return [path for suffix in (CACHE_ENTRY_SUFFIX, CACHE_PARTIAL_SUFFIX) for path in folder.glob(f"*{suffix}")]
-
-
 def cache_usage(folder: Path) -> int:
     """Bytes held by the unsample cache in ``folder``."""
-    return sum(path.stat().st_size for path in _cache_files(folder))
+    return sum(path.stat().st_size for path in cache_files(folder))
 
 
 def clear_cache(folder: Path) -> int:
-    """Delete the cache entries in ``folder``; returns how many bytes were freed."""
+    """Delete the cache's own entries in ``folder`` (nothing else there); returns how many bytes were freed."""
     freed = 0
-    for path in _cache_files(folder):
+    for path in cache_files(folder):
         with contextlib.suppress(FileNotFoundError):
             size = path.stat().st_size
             path.unlink()

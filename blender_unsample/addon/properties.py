@@ -185,6 +185,12 @@ class UnsampleSettings(bpy.types.PropertyGroup):
     )
 
 
+# The scene settings that are job settings under their own name, in the job's field order: job_spec
+# copies them, then makes the job's own value of those that need it (model paths resolved against
+# the Models Folder, the LoRA list, the processing size, the unsample prompt's mode).
+MIRRORED = tuple(f.name for f in dataclasses.fields(JobSpec) if f.name in UnsampleSettings.__annotations__)
+
+
 # Plain functions, not methods: Blender 4.2's Python module crashes on exit when a registered
 # PropertyGroup class has methods.
 def processing_size(settings: UnsampleSettings, scene: bpy.types.Scene) -> tuple[int, int]:
@@ -204,12 +210,10 @@ def job_spec(
 ) -> JobSpec:
     """The worker's job for these settings; model names may be relative to ``models_folder``."""
     values = {
+        **{name: getattr(settings, name) for name in MIRRORED},
         "frames": frames,
         "out": out,
-        "prompt": settings.prompt,
-        "negative_prompt": settings.negative_prompt,
         "unsample_prompt": unsample_prompt_for(settings),
-        "family": settings.family,
         "model": _model_path(settings.checkpoint, models_folder),
         "motion_adapter": _model_path(settings.motion_module, models_folder) if settings.use_motion_module else "none",
         "vae": _model_path(settings.vae, models_folder),
@@ -222,7 +226,6 @@ def job_spec(
         ],
         "width": size[0],
         "height": size[1],
-        **{name: getattr(settings, name) for name in _MIRRORED},
     }
     return JobSpec(**{**values, **overrides})
 
@@ -249,10 +252,6 @@ def _model_path(value: str, models_folder: str) -> str:
     return value
 
 
-_MIRRORED = (
-    "steps", "sampler", "scheduler", "cfg", "unsample_cfg", "inversion_refinement", "noise", "seed", "control",
-    "controlnet_strength", "control_start", "control_end", "context", "overlap", "fusion", "looped",
-)  # fmt: skip
 
 
 def model_size(aspect: float, native: int) -> tuple[int, int]:

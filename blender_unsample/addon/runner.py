@@ -449,7 +449,7 @@ def _start(job_arguments: list[str], log: Path) -> Worker:
     """A worker for ``restyle`` with these job files (and cluster), events as JSON lines."""
     python = worker_python()
     try:
-        return Worker(python, ["restyle", *job_arguments, "--progress", "json"], log)
+        return Worker(python, ["restyle", *job_arguments, "--progress", "json", "--stdin-control"], log)
     except OSError as error:
         raise JobError(
             f"cannot start the worker Python {python} ({error.strerror or error}): check the Worker Python preference"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from .protocol import ErrorCode
@@ -30,6 +31,23 @@ class UnsampleError(Exception):
 class Cancelled(UnsampleError):
     def __init__(self, reason: str = "cancelled") -> None:
         super().__init__(ErrorCode.CANCELLED, reason)
+
+
+class CancelRequest(threading.Event):
+    """An event that asks a job to stop, with what asked: the cancelled error says it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason = "cancelled"
+
+    def request(self, reason: str) -> None:
+        self.reason = reason
+        self.set()
+
+
+def cancelled(cancel: threading.Event) -> Cancelled:
+    """The error for a job stopped by ``cancel``, with its reason when it carries one."""
+    return Cancelled(getattr(cancel, "reason", "cancelled"))
 
 
 def first_line(error: BaseException) -> str:

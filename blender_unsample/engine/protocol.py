@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,10 +60,49 @@ MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # The frame files the worker reads. It skips names that start with a dot: a frame still being
 # written goes under such a name and is renamed once whole.
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-# The latent cache folder holds one file per entry, directly in it; an entry is written under the
-# partial suffix, then renamed.
+# The latent cache folder holds one file per entry, directly in it, named by its 64-hex-digit key; an
+# entry is written under the partial suffix, then renamed. The folder may hold the user's own files
+# (`--cache-dir` is theirs to choose): the cache counts, evicts and clears only files that are its
+# own by name and, for entries, by their header (one tensor, "latents", with a checksum beside it).
 CACHE_ENTRY_SUFFIX = ".safetensors"
 CACHE_PARTIAL_SUFFIX = ".partial"
+CACHE_ENTRY_TENSOR = "latents"
+CACHE_WRITER = "unsample"  # the "written_by" of an entry's metadata (entries before it carry only a checksum)
+_CACHE_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+def cache_files(folder: Path) -> list[Path]:
+    """The unsample cache's own files in ``folder``: its entries, and any an interrupted worker left
+    half-written. Nothing else there is ever counted or removed."""
+    if not folder.is_dir():
+        return []
+    own = []
+    for path in folder.iterdir():
+        if not (_CACHE_NAME.fullmatch(path.stem) and path.is_file()):
+            continue
+        if path.suffix == CACHE_PARTIAL_SUFFIX or (path.suffix == CACHE_ENTRY_SUFFIX and _is_cache_entry(path)):
+            own.append(path)
+    return own
+
+
+def _is_cache_entry(path: Path) -> bool:
+    """Whether a .safetensors file is one the cache wrote: read from its header alone (pure Python:
+    the add-on runs without safetensors)."""
+    try:
+        with open(path, "rb") as file:
+            length = int.from_bytes(file.read(8), "little")
+            if not 0 < length < 4096:  # an entry's header is a few hundred bytes
+                return False
+            header = json.loads(file.read(length))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(header, dict):
+        return False
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or set(header) != {CACHE_ENTRY_TENSOR}:
+        return False
+    written_by = metadata.get("written_by", CACHE_WRITER)
+    return written_by == CACHE_WRITER and bool(_CACHE_NAME.fullmatch(str(metadata.get("checksum", ""))))
 
 
 def default_cache_folder(platform: str = sys.platform, environ: Mapping[str, str] = os.environ) -> Path:
@@ -89,8 +129,30 @@ CLUSTER_REPORT_KEYS = ("ok", "address", "nodes", "gpus", "cpus")
 CLUSTER_FAILURE_KEYS = ("ok", "error")
 
 
-def _setting(default: Any, help: str, **limits: Any) -> Any:
-    return field(default=default, metadata={"help": help, **limits})
+class Role(StrEnum):
+    """What a job setting acts on. Each JobSpec field declares one; the unsample cache's keys, the
+    models a cluster worker keeps and the settings Blender copies from the scene derive from it, so
+    a new setting cannot silently leave a stale cache."""
+
+    INPUT = "input"  # the source frames: the cache keys their pixels, not where they lie
+    MODELS = "models"  # which weights load and how they compute: both passes change; models reload
+    UNSAMPLE = "unsample"  # the unsample pass, and so everything sampled from its noise
+    CONTROL_MODEL = "control_model"  # which ControlNet loads
+    CONTROL = "control"  # how ControlNet acts: the resample pass (and the unsample pass with control_in_unsample)
+    RESAMPLE = "resample"  # the resample pass only: a new value reuses the cached unsample pass
+    MEMORY = "memory"  # how the work is split up: the same frames with less memory; models are prepared for it
+    FILES = "files"  # where files go and where models may come from: no effect on the frames
+
+
+# Derived from the roles: what keys the unsampled latents, what the resample pass adds on top of
+# them (their cache key), and what a worker that keeps its models must reload for.
+UNSAMPLE_ROLES = (Role.MODELS, Role.UNSAMPLE)
+RESAMPLE_ROLES = (Role.CONTROL_MODEL, Role.CONTROL, Role.RESAMPLE)
+RELOAD_ROLES = (Role.MODELS, Role.CONTROL_MODEL, Role.MEMORY)
+
+
+def _setting(role: Role, default: Any, help: str, **limits: Any) -> Any:
+    return field(default=default, metadata={"help": help, "role": role, **limits})
 
 
 def parse_lora(item: str) -> tuple[str, float]:
@@ -111,20 +173,23 @@ def parse_lora(item: str) -> tuple[str, float]:
 class JobSpec:
     """Every setting of one restyle job. Field metadata drives the CLI flags and the checks."""
 
-    frames: str = _setting("", "folder of input frames (PNG or JPEG, all the same size)")
-    out: str = _setting("", "folder for the styled frames; each keeps its input file name")
-    prompt: str = _setting("", "the style prompt for the resample pass")
-    negative_prompt: str = _setting("", "what to steer away from, in both passes")
+    frames: str = _setting(Role.INPUT, "", "folder of input frames (PNG or JPEG, all the same size)")
+    out: str = _setting(Role.FILES, "", "folder for the styled frames; each keeps its input file name")
+    prompt: str = _setting(Role.RESAMPLE, "", "the style prompt for the resample pass")
+    negative_prompt: str = _setting(Role.UNSAMPLE, "", "what to steer away from, in both passes")
     unsample_prompt: str | None = _setting(
-        None, "prompt for the unsample pass: omit to reuse the style prompt, '' for blank"
+        Role.UNSAMPLE, None, "prompt for the unsample pass: omit to reuse the style prompt, '' for blank"
     )
-    family: str = _setting("sd15", "model family", choices=FAMILIES)
-    model: str = _setting("", "checkpoint: a diffusers folder, Hub id or .safetensors file (default: the family's)")
+    family: str = _setting(Role.MODELS, "sd15", "model family", choices=FAMILIES)
+    model: str = _setting(
+        Role.MODELS, "", "checkpoint: a diffusers folder, Hub id or .safetensors file (default: the family's)"
+    )
     motion_adapter: str = _setting(
-        "", "AnimateDiff motion module: folder, Hub id or file; 'none' restyles frame by frame"
+        Role.MODELS, "", "AnimateDiff motion module: folder, Hub id or file; 'none' restyles frame by frame"
     )
-    vae: str = _setting("", "a separate VAE (folder, Hub id or file); default: the checkpoint's own")
+    vae: str = _setting(Role.MODELS, "", "a separate VAE (folder, Hub id or file); default: the checkpoint's own")
     config: str = _setting(
+        Role.MODELS,
         "", "for a single-file checkpoint: a diffusers folder or Hub id with its configs (default: the family's "
         "reference repo in the Hugging Face cache)",
     )  # fmt: skip
@@ -134,52 +199,74 @@ class JobSpec:
             "help": "a LoRA file merged into the UNet and text encoders, as PATH or PATH=WEIGHT; repeat for several",
             "kind": list,
             "flag": "--lora",
+            "role": Role.MODELS,
         },
     )
-    control: str = _setting("canny", "ControlNet hint computed from each frame", choices=CONTROLS)
-    controlnet: str = _setting("", "ControlNet model for the hint (default: the family's for that hint)")
-    controlnet_strength: float = _setting(0.3, "ControlNet strength; weak keeps the style free", low=0.0, high=2.0)
-    control_start: float = _setting(0.0, "fraction of the schedule where ControlNet starts", low=0.0, high=1.0)
-    control_end: float = _setting(0.6, "fraction of the schedule where ControlNet stops", low=0.0, high=1.0)
-    control_in_unsample: bool = _setting(False, "also apply ControlNet while unsampling")
-    steps: int = _setting(16, "sampling steps, the same for both passes", low=1, high=200)
-    sampler: str = _setting("euler", "convergent sampler for both passes", choices=SAMPLERS)
-    scheduler: str = _setting("ays", "sigma schedule", choices=SCHEDULERS)
+    control: str = _setting(Role.CONTROL_MODEL, "canny", "ControlNet hint computed from each frame", choices=CONTROLS)
+    controlnet: str = _setting(
+        Role.CONTROL_MODEL, "", "ControlNet model for the hint (default: the family's for that hint)"
+    )
+    controlnet_strength: float = _setting(
+        Role.CONTROL, 0.3, "ControlNet strength; weak keeps the style free", low=0.0, high=2.0
+    )
+    control_start: float = _setting(
+        Role.CONTROL, 0.0, "fraction of the schedule where ControlNet starts", low=0.0, high=1.0
+    )
+    control_end: float = _setting(
+        Role.CONTROL, 0.6, "fraction of the schedule where ControlNet stops", low=0.0, high=1.0
+    )
+    control_in_unsample: bool = _setting(Role.UNSAMPLE, False, "also apply ControlNet while unsampling")
+    steps: int = _setting(Role.UNSAMPLE, 16, "sampling steps, the same for both passes", low=1, high=200)
+    sampler: str = _setting(Role.UNSAMPLE, "euler", "convergent sampler for both passes", choices=SAMPLERS)
+    scheduler: str = _setting(Role.UNSAMPLE, "ays", "sigma schedule", choices=SCHEDULERS)
     inversion_refinement: int = _setting(
+        Role.UNSAMPLE,
         1, "fixed-point iterations per Euler unsample step for a near-exact round trip (one model call each)",
         low=0, high=5,
     )  # fmt: skip
-    cfg: float = _setting(2.0, "CFG scale of the resample (style) pass", low=1.0, high=30.0)
-    unsample_cfg: float = _setting(4.0, "CFG scale of the unsample pass", low=1.0, high=30.0)
-    noise: float = _setting(0.0, "share of fresh seeded noise mixed into the unsampled noise", low=0.0, high=1.0)
-    seed: int = _setting(0, "seed for --noise", low=0, high=2**63 - 1)
-    context: int = _setting(16, "frames the motion module sees at once (context window)", low=1, high=64)
-    overlap: int = _setting(4, "frames shared by neighbouring context windows", low=0, high=63)
-    fusion: str = _setting("pyramid", "how overlapping windows are blended", choices=FUSIONS)
-    looped: bool = _setting(False, "the clip loops: windows wrap from the last frame to the first")
-    width: int = _setting(0, "processing width, a multiple of 8 (0: the frames' own)", low=0, high=4096)
-    height: int = _setting(0, "processing height, a multiple of 8 (0: the frames' own)", low=0, high=4096)
-    device: str = _setting("auto", "compute device", choices=DEVICES)
+    cfg: float = _setting(Role.RESAMPLE, 2.0, "CFG scale of the resample (style) pass", low=1.0, high=30.0)
+    unsample_cfg: float = _setting(Role.UNSAMPLE, 4.0, "CFG scale of the unsample pass", low=1.0, high=30.0)
+    noise: float = _setting(
+        Role.RESAMPLE, 0.0, "share of fresh seeded noise mixed into the unsampled noise", low=0.0, high=1.0
+    )
+    seed: int = _setting(Role.RESAMPLE, 0, "seed for --noise", low=0, high=2**63 - 1)
+    context: int = _setting(Role.UNSAMPLE, 16, "frames the motion module sees at once (context window)", low=1, high=64)
+    overlap: int = _setting(Role.UNSAMPLE, 4, "frames shared by neighbouring context windows", low=0, high=63)
+    fusion: str = _setting(Role.UNSAMPLE, "pyramid", "how overlapping windows are blended", choices=FUSIONS)
+    looped: bool = _setting(Role.UNSAMPLE, False, "the clip loops: windows wrap from the last frame to the first")
+    width: int = _setting(Role.UNSAMPLE, 0, "processing width, a multiple of 8 (0: the frames' own)", low=0, high=4096)
+    height: int = _setting(
+        Role.UNSAMPLE, 0, "processing height, a multiple of 8 (0: the frames' own)", low=0, high=4096
+    )
+    device: str = _setting(Role.MODELS, "auto", "compute device", choices=DEVICES)
     vae_batch: int = _setting(
+        Role.MEMORY,
         0, "frames per VAE call; 1 is the least memory (0: 8 for SD 1.5, 1 for SDXL's full-precision VAE)",
         low=0, high=64,
     )  # fmt: skip
-    vae_tiling: bool = _setting(False, "encode and decode in tiles of 256 px: for large frames on small GPUs")
+    vae_tiling: bool = _setting(
+        Role.MODELS, False, "encode and decode in tiles of 256 px: for large frames on small GPUs"
+    )
     chunk_feed_forward: bool = _setting(
+        Role.MEMORY,
         False, "run the UNet's and ControlNet's feed-forward layers a frame at a time: a third less GPU memory "
         "while sampling, a little slower",
     )  # fmt: skip
     cpu_offload: bool = _setting(
-        False, "keep on the GPU only the models of the phase at hand: text encoders, VAE, or UNet and ControlNet"
+        Role.MEMORY,
+        False,
+        "keep on the GPU only the models of the phase at hand: text encoders, VAE, or UNet and ControlNet",
     )
-    allow_download: bool = _setting(False, "fetch missing models from the Hugging Face Hub")
-    work_dir: str = _setting("", "folder for intermediate files (default: a temporary folder)")
+    allow_download: bool = _setting(Role.FILES, False, "fetch missing models from the Hugging Face Hub")
+    work_dir: str = _setting(Role.FILES, "", "folder for intermediate files (default: a temporary folder)")
     cache_dir: str = _setting(
+        Role.FILES,
         "", "folder of unsampled latents that later restyles of the same frames and unsample settings reuse "
         "(command line default: the user's cache folder; empty in a job made in code: no cache)",
     )  # fmt: skip
-    cache_limit_mb: int = _setting(4096, "size cap of the cache folder; the least recently used go first", low=0,
-                                   high=2**20)  # fmt: skip
+    cache_limit_mb: int = _setting(
+        Role.FILES, 4096, "size cap of the cache folder; the least recently used go first", low=0, high=2**20
+    )
 
     def __post_init__(self) -> None:
         defaults = DEFAULT_MODELS.get(self.family)
@@ -242,6 +329,8 @@ class JobSpec:
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
         data = dict(data)
         version = data.pop("protocol", PROTOCOL_VERSION)
+        if not _fits(version, int):
+            raise ValueError(f"protocol must be the number {PROTOCOL_VERSION}, got {json.dumps(version)}")
         if version != PROTOCOL_VERSION:
             raise ValueError(f"job file is protocol version {version}; this worker speaks {PROTOCOL_VERSION}")
         known = {f.name: f for f in dataclasses.fields(cls)}
@@ -254,10 +343,29 @@ class JobSpec:
                 if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                     raise ValueError(f"job setting {name} must be a list of strings")
                 continue
-            expected = type(known[name].default) if known[name].default is not None else str
-            if value is not None and not _fits(value, expected):
-                raise ValueError(f"job setting {name} must be {expected.__name__}, got {type(value).__name__}")
+            default = known[name].default
+            if value is None and default is None:
+                continue  # a setting whose absence means something (unsample_prompt: the style prompt)
+            expected = str if default is None else type(default)
+            if not _fits(value, expected):
+                raise ValueError(f"job setting {name} must be {_KIND_NAMES[expected]}, got {_json_kind(value)}")
         return cls(**data)
+
+
+def settings_with(*roles: Role) -> tuple[str, ...]:
+    """The JobSpec settings of these roles, in field order."""
+    return tuple(f.name for f in dataclasses.fields(JobSpec) if f.metadata["role"] in roles)
+
+
+_KIND_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}
+
+
+def _json_kind(value: Any) -> str:
+    """A value's kind as a job file's author wrote it."""
+    if value is None:
+        return "null"
+    kind = {bool: "true/false", int: "a number", float: "a number", str: "text", list: "a list", dict: "an object"}
+    return f"{kind.get(type(value), type(value).__name__)} ({json.dumps(value)[:40]})"
 
 
 def _fits(value: Any, expected: type) -> bool:
@@ -285,6 +393,7 @@ class ErrorCode(StrEnum):
     WORKER_SETUP = "worker_setup"
     DISK_FULL = "disk_full"
     CLUSTER = "cluster"  # a Ray cluster that does not answer, or lost its workers beyond retrying
+    OUTPUT_IN_USE = "output_in_use"  # another job is writing the same output folder
     CANCELLED = "cancelled"
 
     @property
@@ -304,6 +413,7 @@ _EXIT_CODES = {
     ErrorCode.WORKER_SETUP: 10,
     ErrorCode.DISK_FULL: 11,
     ErrorCode.CLUSTER: 12,
+    ErrorCode.OUTPUT_IN_USE: 13,
     ErrorCode.CANCELLED: 130,
 }
 

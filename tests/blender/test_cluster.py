@@ -75,7 +75,7 @@ def test_the_worker_gets_the_cluster_setting(image_strip, quick_worker, started,
     assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
     [worker] = started
     [job] = job_files(worker.args)
-    assert worker.args == ["restyle", "--job", str(job), *expected, "--progress", "json"]
+    assert worker.args == ["restyle", "--job", str(job), *expected, "--progress", "json", "--stdin-control"]
     assert len(styled_strips(bpy.context.scene)) == 1
 
 
@@ -255,7 +255,7 @@ def test_a_batch_on_the_cluster_runs_on_one_worker_and_each_strip_is_added_as_it
     [worker] = started
     jobs = [json.loads(f.read_text(encoding="utf-8")) for f in job_files(worker.args)]
     assert [len(list(Path(job["frames"]).glob("*.png"))) for job in jobs] == [6, 4, 3], "in the strips' order"
-    assert worker.args[-4:] == ["--cluster", "auto", "--progress", "json"]
+    assert worker.args[-5:] == ["--cluster", "auto", "--progress", "json", "--stdin-control"]
     assert seen == {"Strip 3 of 3", "Strip 2 of 3", "Strip 1 of 3"}, "each strip's progress, as it comes"
     assert [(o.strip, o.ok) for o in RUNNER.outcomes] == [("Third", True), ("More", False), ("Shots", True)]
     assert "frame 2 is unreadable [bad_frames]" in RUNNER.outcomes[1].message

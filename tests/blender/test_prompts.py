@@ -202,3 +202,42 @@ def test_every_panel_draws_without_errors(image_strip, status):
         None, context, row, scene.unsample, scene.unsample.loras[0], 0, None, ""
     )
     assert [b["property"] for _, b, _ in row.drawn if "property" in b] == ["enabled", "path", "weight"]
+
+
+# Job settings a scene does not hold under their own name, and where they come from instead.
+FROM_ELSEWHERE = {
+    "model": "the Checkpoint field (checkpoint), resolved against the Models Folder",
+    "motion_adapter": "the Motion Module field and its switch",
+    "controlnet": "the ControlNet field (controlnet_model)",
+    "control_in_unsample": "the command line only: Blender's ControlNet acts on the style pass",
+}
+
+
+def test_every_setting_of_the_passes_is_the_scenes_or_the_preferences(addon):
+    from blender_unsample.addon.preferences import UnsamplePreferences
+    from blender_unsample.addon.properties import MIRRORED
+    from blender_unsample.engine.protocol import RESAMPLE_ROLES, UNSAMPLE_ROLES, settings_with
+
+    preferences = set(UnsamplePreferences.__annotations__)
+    unplaced = set(settings_with(*UNSAMPLE_ROLES, *RESAMPLE_ROLES)) - set(MIRRORED) - preferences - set(FROM_ELSEWHERE)
+    assert not unplaced, "a job setting Blender never sets: add it to the scene settings or the preferences"
+
+
+def test_each_scene_setting_named_as_a_job_setting_reaches_the_job(addon):
+    from blender_unsample.addon.properties import MIRRORED
+
+    settings = bpy.context.scene.unsample
+    built = {"loras", "width", "height"}  # a list of entries, and the size the job is given
+    for name in sorted(set(MIRRORED) - built):
+        prop = settings.bl_rna.properties[name]
+        if prop.type == "ENUM":
+            value = next(item.identifier for item in prop.enum_items if item.identifier != getattr(settings, name))
+        elif prop.type == "BOOLEAN":
+            value = not getattr(settings, name)
+        elif prop.type in {"INT", "FLOAT"}:
+            value = getattr(settings, name) + 1 if getattr(settings, name) + 1 <= prop.hard_max else prop.hard_min
+        else:
+            value = f"{getattr(settings, name)}changed"
+        setattr(settings, name, value)
+        reached = getattr(job_spec(settings, "in", "out", (64, 40)), name)
+        assert reached == (pytest.approx(value) if prop.type == "FLOAT" else value), name

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -138,7 +139,7 @@ def test_cancel_line_or_closed_stdin_stops_the_worker_without_done(tiny_spec, tm
     clip = tmp_path / "clip"
     write_clip(clip, 12)
     spec = tiny_spec(clip, steps=40)
-    process = worker("restyle", *spec_flags(spec), "--progress", "json", stdin=subprocess.PIPE)
+    process = worker("restyle", *spec_flags(spec), "--progress", "json", "--stdin-control", stdin=subprocess.PIPE)
     events = read_until(process, lambda e: e.type == "progress" and e.stage == "unsample")
     started = time.monotonic()
     if how == "cancel line":
@@ -153,10 +154,13 @@ def test_cancel_line_or_closed_stdin_stops_the_worker_without_done(tiny_spec, tm
     assert process.returncode == ErrorCode.CANCELLED.exit_code
     assert stopped_after < 10
     assert not any(e.type == "done" for e in events)
+    [error] = [e for e in events if e.type == "error"]
+    assert ("'cancel' line" if how == "cancel line" else "stdin closed") in error.message, "it says what cancelled"
     out = Path(spec.out)
     for path in out.iterdir() if out.exists() else []:
-        assert not path.name.startswith("."), f"partial file left: {path.name}"
-        Image.open(path).load()
+        assert not path.name.endswith(".partial"), f"partial file left: {path.name}"
+        if not path.name.startswith("."):  # the folder's record of what Unsample wrote there
+            Image.open(path).load()
 
 
 def test_tiny_models_command_writes_loadable_models(tmp_path):
@@ -223,3 +227,46 @@ def test_the_default_cache_folder_is_where_each_platform_keeps_caches(platform, 
     from blender_unsample.engine.protocol import default_cache_folder
 
     assert default_cache_folder(platform, environ) == Path(expected)
+
+
+def test_a_shell_loop_runs_every_folder_of_its_list(tiny_spec, tmp_path):
+    """`cat list | while read d; do restyle --frames "$d" ...; done`: the worker must not read the loop's
+    stdin (only a parent that asks for it, with --stdin-control, gets a control channel)."""
+    folders = [tmp_path / f"shot {i}" for i in range(3)]
+    for folder in folders:
+        write_clip(folder, 2)
+    (tmp_path / "folders.txt").write_text("".join(f"{f}\n" for f in folders), encoding="utf-8")
+    spec = tiny_spec(folders[0], steps=1, context=2, overlap=0, control="none")
+    restyle = [sys.executable, "-m", "blender_unsample.engine", "restyle", "--prompt", "ink", "--model", spec.model,
+               "--motion-adapter", spec.motion_adapter, "--control", "none", "--steps", "1", "--context", "2",
+               "--overlap", "0", "--device", "cpu", "--progress", "none"]  # fmt: skip
+    command = " ".join(map(shlex.quote, restyle))
+    script = f'cat folders.txt | while read -r d; do {command} --frames "$d" --out "$d-out" || exit $?; done'
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for folder in folders:
+        assert len(list(Path(f"{folder}-out").glob("*.png"))) == 2, f"{folder.name} was not restyled"
+
+
+@pytest.mark.parametrize("progress", ["none", "json", "text"])
+def test_errors_and_warnings_reach_stderr_whatever_the_progress_mode(tmp_path, progress):
+    clip = tmp_path / "clip"
+    write_clip(clip, 2, size=(66, 48))  # not a multiple of 8: a warning, before the model fails to load
+    process = worker("restyle", "--frames", str(clip), "--out", str(tmp_path / "o"), "--prompt", "x",
+                     "--model", str(tmp_path / "no-such-model"), "--no-cache", "--progress", progress)  # fmt: skip
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == ErrorCode.MODEL_NOT_FOUND.exit_code
+    assert "warning: frames are 66x48; processing at 64x48" in stderr
+    assert stderr.count("error (model_not_found):") == 1 and "no-such-model" in stderr
+
+
+def test_a_bad_job_file_of_a_batch_is_named(tmp_path):
+    good, broken = tmp_path / "good.json", tmp_path / "broken.json"
+    good.write_text(json.dumps({"frames": str(tmp_path), "out": str(tmp_path / "o"), "prompt": "ink"}))
+    broken.write_text('{"frames": "in",')  # cut short
+    process = worker("restyle", "--job", str(good), "--job", str(broken), "--progress", "json")
+    stdout, _ = process.communicate(timeout=120)
+    error = event_from_json(stdout.splitlines()[-1])
+    assert process.returncode == ErrorCode.BAD_SETTINGS.exit_code
+    assert f"job 1 of 2 ({broken})" in error.message and "not valid JSON" in error.message

@@ -190,7 +190,7 @@ def test_sdxl_restyles_repeat_bit_for_bit(tiny_sdxl, tmp_path):
     write_clip(clip, 3)
     for out in ("a", "b"):
         restyle(sdxl_spec(tiny_sdxl, clip, tmp_path / out, control="none"), lambda event: None)
-    for path in sorted((tmp_path / "a").iterdir()):
+    for path in sorted((tmp_path / "a").glob("*.png")):
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
 
 

@@ -11,6 +11,7 @@ from conftest import write_clip
 from PIL import Image
 
 from blender_unsample.engine.job.devices import Placement
+from blender_unsample.engine.job.frames import pixel_digest
 from blender_unsample.engine.job.latent_cache import LatentCache, cache_key
 from blender_unsample.engine.job.pipeline import restyle
 from blender_unsample.engine.protocol import Done, Progress
@@ -126,9 +127,10 @@ def test_latents_made_on_another_kind_of_device_or_precision_are_not_reused(tiny
         Placement(torch.device("mps"), torch.float16, torch.float32),
         Placement(torch.device("cpu"), torch.float32, torch.float32),
     ]
-    keys = [cache_key(spec, paths, (64, 48), placement) for placement in placements]
+    pixels = pixel_digest(paths)
+    keys = [cache_key(spec, pixels, (64, 48), placement) for placement in placements]
     assert len(set(keys)) == len(placements)
-    assert cache_key(spec, paths, (64, 48), placements[0]) == keys[0], "the same setup finds its entry"
+    assert cache_key(spec, pixels, (64, 48), placements[0]) == keys[0], "the same setup finds its entry"
 
 
 def test_other_frames_unsample_again(tiny_spec, clip, tmp_path):
@@ -161,18 +163,69 @@ def test_a_damaged_entry_is_detected_and_recomputed(tiny_spec, clip, tmp_path):
     assert third[-1].unsample_cached, "the recomputed entry replaced the damaged one"
 
 
+def key(letter: str) -> str:
+    return letter * 64  # keys are sha256 digests in hex
+
+
 def test_the_least_recently_used_entries_go_first(tmp_path):
     entry = torch.zeros(1, 4, 4, 8, 8)  # 4 KiB of data per entry
     cache = LatentCache(tmp_path / "cache", limit_bytes=3 * 4096 + 2000)
-    for key in ("a", "b", "c"):
-        cache.put(key, entry)
-    assert cache.get("a") is not None  # now the most recently used
-    cache.put("d", entry)
-    kept = sorted(p.stem for p in (tmp_path / "cache").glob("*.safetensors"))
+    for letter in "abc":
+        cache.put(key(letter), entry)
+    assert cache.get(key("a")) is not None  # now the most recently used
+    cache.put(key("d"), entry)
+    kept = sorted(p.stem[0] for p in (tmp_path / "cache").glob("*.safetensors"))
     assert kept == ["a", "c", "d"]
     assert cache.size_bytes() <= cache.limit_bytes
     cache.clear()
-    assert cache.size_bytes() == 0 and cache.get("a") is None
+    assert cache.size_bytes() == 0 and cache.get(key("a")) is None
+
+
+def users_own_files(folder: Path) -> dict[str, bytes]:
+    """What a user keeps in the folder they point --cache-dir at: a LoRA and a checkpoint (also
+    safetensors), an entry-like file of another program, notes, a half-downloaded file."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"lora_unet_down.lora_up.weight": torch.ones(4, 4)}, str(folder / "style.safetensors"))
+    save_file({"model.diffusion_model.x": torch.ones(64, 64)}, str(folder / "checkpoint.safetensors"))
+    # Named like an entry, with a "latents" tensor, but without the cache's checksum.
+    save_file({"latents": torch.ones(8, 8)}, str(folder / f"{key('e')}.safetensors"), metadata={"by": "them"})
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "download.partial").write_bytes(b"half")
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_the_cache_never_evicts_counts_or_clears_a_users_files_beside_it(tiny_spec, clip, tmp_path):
+    cache_dir = tmp_path / "models"
+    theirs = users_own_files(cache_dir)
+    # A cap of 1 MB forces eviction after every job; the user's files alone are far bigger than a
+    # tiny entry, so a cache counting them would evict them too.
+    source = dict(unsample_prompt="x", cache_dir=str(cache_dir), cache_limit_mb=0, control="none")
+    for prompt in ("ink", "oil", "chalk"):
+        run(tiny_spec(clip, out=str(tmp_path / prompt), prompt=prompt, **source))
+    assert {name: (cache_dir / name).read_bytes() for name in theirs} == theirs, "every file of theirs as it was"
+    cache = LatentCache(cache_dir, 2**30)
+    cache.put(key("f"), torch.zeros(1, 4, 2, 8, 8))
+    own = [p for p in cache_dir.iterdir() if p.name not in theirs]
+    assert len(own) == 2, "the last job's styled latents (the cap evicted the rest) and the one just put"
+    assert cache.size_bytes() == sum(p.stat().st_size for p in own), "only its own counted"
+    cache.clear()
+    assert {p.name for p in cache_dir.iterdir()} == set(theirs), "clearing took only its own entries"
+    assert {name: (cache_dir / name).read_bytes() for name in theirs} == theirs
+
+
+def test_entries_written_before_their_writer_was_recorded_are_still_the_caches_own(tmp_path):
+    from safetensors.torch import save_file
+
+    from blender_unsample.engine.job.latent_cache import _checksum
+    from blender_unsample.engine.protocol import cache_files
+
+    latents = torch.zeros(1, 4, 2, 8, 8)
+    old = tmp_path / f"{key('a')}.safetensors"  # as the cache wrote it before "written_by"
+    save_file({"latents": latents}, str(old), metadata={"checksum": _checksum(latents)})
+    assert cache_files(tmp_path) == [old]
+    assert LatentCache(tmp_path, 2**30).get(key("a")) is not None
 
 
 def test_an_interrupted_job_run_again_only_decodes_the_frames_it_lacks(tiny_spec, clip, tmp_path):

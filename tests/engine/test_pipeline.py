@@ -32,7 +32,7 @@ def test_forty_frames_in_windows_of_sixteen_become_forty_styled_frames(clip40, t
     spec = tiny_spec(clip40, context=16, overlap=4, out=str(tmp_path / "styled"))
     events = run(spec)
     inputs = sorted(p.name for p in clip40.iterdir())
-    outputs = sorted(p.name for p in (tmp_path / "styled").iterdir())
+    outputs = sorted(p.name for p in (tmp_path / "styled").glob("*.png"))
     assert outputs == inputs
     for name in inputs:
         source, styled = pixels(clip40 / name), pixels(tmp_path / "styled" / name)
@@ -51,7 +51,7 @@ def test_the_same_job_gives_the_same_bits(tiny_spec, tmp_path):
     write_clip(clip, 6)
     run(tiny_spec(clip, out=str(tmp_path / "a")))
     run(tiny_spec(clip, out=str(tmp_path / "b")))
-    for path in sorted((tmp_path / "a").iterdir()):
+    for path in sorted((tmp_path / "a").glob("*.png")):
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
 
 
@@ -67,7 +67,7 @@ def test_style_prompt_and_controlnet_kind_each_change_the_result(tiny_spec, tmp_
     }.items():
         out = tmp_path / name
         run(tiny_spec(clip, out=str(out), **changes))
-        results[name] = np.stack([pixels(p) for p in sorted(out.iterdir())])
+        results[name] = np.stack([pixels(p) for p in sorted(out.glob("*.png"))])
     names = list(results)
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
@@ -99,7 +99,7 @@ def test_odd_sized_frames_are_processed_at_a_multiple_of_eight_and_written_back_
     events = run(tiny_spec(clip))
     warnings = [e.message for e in events if isinstance(e, WarningEvent)]
     assert any("64x48" in message for message in warnings), warnings
-    assert all(Image.open(p).size == (70, 50) for p in (tmp_path / "out").iterdir())
+    assert all(Image.open(p).size == (70, 50) for p in (tmp_path / "out").glob("*.png"))
 
 
 def test_cancel_stops_between_frames_and_leaves_only_whole_frames(tiny_spec, tmp_path):
@@ -118,7 +118,7 @@ def test_cancel_stops_between_frames_and_leaves_only_whole_frames(tiny_spec, tmp
     with pytest.raises(UnsampleError) as error:
         restyle(tiny_spec(clip, vae_batch=2), emit, cancel)
     assert error.value.code is ErrorCode.CANCELLED
-    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != ".unsample-job")
     assert written == [f"frame_{i:04d}.png" for i in range(1, 5)]  # the batch in flight finished
     for name in written:
         Image.open(tmp_path / "out" / name).load()  # whole, readable files

@@ -101,11 +101,33 @@ def test_bad_settings_are_named(changes, fragment):
 def test_job_files_with_unknown_or_mistyped_settings_are_refused():
     with pytest.raises(ValueError, match="unknown job settings: stpes"):
         JobSpec.from_dict({"frames": "in", "stpes": 4})
-    with pytest.raises(ValueError, match="steps must be int"):
+    with pytest.raises(ValueError, match=r'steps must be a whole number, got text \("4"\)'):
         JobSpec.from_dict({"frames": "in", "steps": "4"})
     with pytest.raises(ValueError, match="protocol version 99"):
         JobSpec.from_dict({"protocol": 99})
     assert JobSpec.from_dict({"cfg": 3}).cfg == 3  # a whole number is a fine float
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"prompt": None}, "prompt must be text, got null"),
+        ({"negative_prompt": None}, "negative_prompt must be text, got null"),
+        ({"steps": None}, "steps must be a whole number, got null"),
+        ({"looped": "yes"}, 'looped must be true or false, got text ("yes")'),
+        ({"protocol": "1"}, 'protocol must be the number 1, got "1"'),
+    ],
+    ids=["null prompt", "null negative prompt", "null steps", "text for a switch", "protocol as text"],
+)
+def test_a_job_file_value_of_the_wrong_kind_is_named_as_written(data, message):
+    with pytest.raises(ValueError) as error:
+        JobSpec.from_dict({"frames": "in", "out": "out", **data})
+    assert message in str(error.value)
+
+
+def test_a_null_unsample_prompt_means_the_style_prompt():
+    spec = JobSpec.from_dict({"frames": "in", "out": "out", "prompt": "ink", "unsample_prompt": None})
+    assert spec.source_prompt == "ink"
 
 
 def test_every_error_code_has_its_own_exit_code():

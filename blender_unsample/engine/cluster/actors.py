@@ -22,14 +22,11 @@ from ..job.devices import chunk_feed_forward, pick_placement
 from ..job.pipeline import restyle
 from ..method.denoisers import Guidance, UNetDenoiser
 from ..models import Components, load_components
-from ..protocol import Done, ErrorCode, Event, JobSpec
+from ..protocol import RELOAD_ROLES, Done, ErrorCode, Event, JobSpec, settings_with
 
-# What load_components reads from a job, and the memory options that change models in place:
-# jobs that agree on these share one set of loaded models.
-MODEL_SETTINGS = (
-    "family", "model", "motion_adapter", "vae", "config", "loras", "control", "controlnet", "device",
-    "allow_download", "chunk_feed_forward", "vae_tiling", "cpu_offload",
-)  # fmt: skip
+# What load_components reads from a job, and the memory options that change models in place (the
+# roles that reload, protocol.RELOAD_ROLES): jobs that agree on these share one set of loaded models.
+MODEL_SETTINGS = settings_with(*RELOAD_ROLES)
 
 
 def model_key(spec: JobSpec) -> str:

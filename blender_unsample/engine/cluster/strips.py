@@ -9,7 +9,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from ..errors import Cancelled, UnsampleError
+from ..errors import UnsampleError, cancelled
 from ..job.progress import BatchProgress
 from ..protocol import ErrorCode, ErrorEvent, Event, JobSpec
 from .actors import StripWorker, worker_name, worker_result
@@ -37,7 +37,7 @@ def run_strips(
     while pending or running:
         if cancel.is_set():
             _stop(ray, running)
-            raise Cancelled()
+            raise cancelled(cancel)
         if pending and not idle and not running:  # every worker lost beyond restarting
             lost = UnsampleError(ErrorCode.CLUSTER, "every cluster worker was lost: the strips left were not run")
             for job in pending:

@@ -1,7 +1,8 @@
 """The worker's command line: ``python -m blender_unsample.engine restyle ...``.
 
-Blender runs it with ``--job job.json --progress json`` and reads events from stdout; scripts and
-render farms run it with flags. Every JobSpec setting is a flag of the same name.
+Blender runs it with ``--job job.json --progress json --stdin-control`` and reads events from
+stdout; scripts and render farms run it with flags. Every JobSpec setting is a flag of the same
+name. Errors and warnings always reach stderr, whatever ``--progress`` says.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import stat
 import sys
 import threading
 import time
@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import Cancelled, UnsampleError
+from ..errors import Cancelled, CancelRequest, UnsampleError
 from ..protocol import (
     ErrorCode,
     ErrorEvent,
@@ -89,7 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     restyle.add_argument(
         "--progress", choices=("json", "text", "none"), default="text", help="events on stdout as JSON lines, "
-        "a progress bar on stderr, or nothing (default: text)"
+        "a progress bar on stderr, or no progress (default: text); errors and warnings always go to stderr"
+    )  # fmt: skip
+    restyle.add_argument(
+        "--stdin-control", action="store_true", default=False, help="for a program that starts the worker (Blender): "
+        "a 'cancel' line on stdin stops the job, and so does stdin closing. Without it stdin is not read"
     )  # fmt: skip
     for spec_field in dataclasses.fields(JobSpec):
         _add_setting(restyle, spec_field)
@@ -128,13 +132,13 @@ def _add_setting(parser: argparse.ArgumentParser, spec_field: dataclasses.Field)
 def _restyle(args: argparse.Namespace) -> int:
     emit = _emitter(args.progress)
     flags = vars(args).copy()
-    for key in ("command", "job", "progress", "no_cache", "cluster", "cluster_workers"):
+    for key in ("command", "job", "progress", "no_cache", "cluster", "cluster_workers", "stdin_control"):
         flags.pop(key, None)
     try:
         if args.cluster_workers < 0:
             raise ValueError("--cluster-workers is a count of workers, 0 for one per GPU")
-        specs = [_job_spec(path, flags, args.no_cache) for path in getattr(args, "job", None) or [None]]
-    except (OSError, ValueError) as error:
+        specs = _job_specs(getattr(args, "job", None) or [None], flags, args.no_cache)
+    except ValueError as error:
         return _fail(emit, UnsampleError(ErrorCode.BAD_SETTINGS, f"bad job: {error}"))
 
     from .doctor import missing_packages
@@ -142,25 +146,36 @@ def _restyle(args: argparse.Namespace) -> int:
     missing = missing_packages()
     if missing:
         return _fail(emit, UnsampleError(ErrorCode.WORKER_SETUP, missing_message(missing)))
-    cancel = threading.Event()
-    _watch_stdin(cancel)
+    cancel = CancelRequest()
+    if args.stdin_control:
+        _watch_stdin(cancel)
     try:
         errors = _run_jobs(specs, args.cluster, args.cluster_workers, emit, cancel)
     except UnsampleError as error:
         return _fail(emit, error)
     except KeyboardInterrupt:
-        return _fail(emit, UnsampleError(ErrorCode.CANCELLED, "interrupted"))
+        return _fail(emit, Cancelled("interrupted (Ctrl+C or SIGINT)"))
     except Exception as error:  # anything else is our bug: report it whole
         return _fail(emit, UnsampleError(ErrorCode.INTERNAL, f"internal error: {error}", traceback.format_exc()))
     failed = [error for error in errors if error is not None]
     return failed[0].code.exit_code if failed else 0
 
 
+def _job_specs(paths: list[Path | None], flags: dict[str, object], no_cache: bool) -> list[JobSpec]:
+    """Every job of the command line; a bad one is named by its file (and its place in a batch)."""
+    specs = []
+    for index, path in enumerate(paths):
+        try:
+            specs.append(_job_spec(path, flags, no_cache))
+        except ValueError as error:
+            where = f"job {index} of {len(paths)} ({path})" if len(paths) > 1 else str(path)
+            raise ValueError(f"{where}: {error}" if path else str(error)) from error
+    return specs
+
+
 def _job_spec(path: Path | None, flags: dict[str, object], no_cache: bool) -> JobSpec:
     """One job: its file's settings (if any), then the flags over them."""
-    data = json.loads(path.read_text(encoding="utf-8")) if path else {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name}: a job file holds one JSON object")
+    data = _read_job_file(path) if path else {}
     settings = {**data, **flags}
     if no_cache and settings.get("cache_dir"):
         raise ValueError("--no-cache and a cache folder (--cache-dir or the job's cache_dir): choose one")
@@ -168,6 +183,22 @@ def _job_spec(path: Path | None, flags: dict[str, object], no_cache: bool) -> Jo
         # Like the Hugging Face cache: kept by default, so a second style skips the unsample pass.
         settings["cache_dir"] = "" if no_cache else str(default_cache_folder())
     return JobSpec.from_dict(settings)
+
+
+def _read_job_file(path: Path) -> dict[str, object]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not a job file: it is not UTF-8 text") from None
+    except OSError as error:
+        raise ValueError(f"cannot read the job file: {error.strerror or error}") from error
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError("a job file holds one JSON object")
+    return data
 
 
 def _run_jobs(
@@ -231,9 +262,11 @@ def _fail(emit: Callable[[Event], None], error: UnsampleError) -> int:
 
 def _emitter(mode: str) -> Callable[[Event], None]:
     lock = threading.Lock()
+    bar = _TextProgress()
 
     def emit_json(event: Event) -> None:
         with lock:
+            bar.show_problem(event)  # also on stderr: the log of whoever reads the events
             try:
                 sys.stdout.write(event_to_json(event) + "\n")
                 sys.stdout.flush()
@@ -242,13 +275,15 @@ def _emitter(mode: str) -> Callable[[Event], None]:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 raise Cancelled("the program reading the events went away") from None
 
-    bar = _TextProgress()
-
     def emit_text(event: Event) -> None:
         with lock:
             bar.show(event)
 
-    return {"json": emit_json, "text": emit_text}.get(mode, lambda event: None)
+    def emit_problems(event: Event) -> None:
+        with lock:
+            bar.show_problem(event)
+
+    return {"json": emit_json, "text": emit_text}.get(mode, emit_problems)
 
 
 class _TextProgress:
@@ -257,6 +292,17 @@ class _TextProgress:
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
         self.last_line = 0.0
+        self.drawn = False  # a progress line is on the terminal: a message starts a line of its own
+
+    def show_problem(self, event: Event) -> None:
+        """Warnings and errors, one line each; other events are not shown."""
+        if not isinstance(event, WarningEvent | ErrorEvent):
+            return
+        prefix = "warning" if isinstance(event, WarningEvent) else f"error ({event.code})"
+        text = f"{prefix}: {event.message}".encode("utf-8", "backslashreplace").decode("utf-8")
+        sys.stderr.write(("\n" if self.drawn else "") + text + "\n")
+        sys.stderr.flush()
+        self.drawn = False
 
     def show(self, event: Event) -> None:
         if isinstance(event, Progress):
@@ -272,29 +318,30 @@ class _TextProgress:
             eta = "" if event.eta is None else f" ETA {int(event.eta) // 60}:{int(event.eta) % 60:02d}"
             line = f"[{'#' * filled}{'.' * (width - filled)}] {event.fraction:4.0%} {where}{eta}"
             sys.stderr.write(("\r" + line.ljust(79)) if self.tty else line + "\n")
+            self.drawn = self.tty
         elif isinstance(event, WarningEvent | ErrorEvent):
-            prefix = "warning" if isinstance(event, WarningEvent) else f"error ({event.code})"
-            sys.stderr.write(("\n" if self.tty else "") + f"{prefix}: {event.message}\n")
+            self.show_problem(event)
+            return
         elif event.type == "done":
-            sys.stderr.write(("\n" if self.tty else "") + f"done: {event.frames} frames in {event.out}\n")
+            sys.stderr.write(("\n" if self.drawn else "") + f"done: {event.frames} frames in {event.out}\n")
+            self.drawn = False
         sys.stderr.flush()
 
 
-def _watch_stdin(cancel: threading.Event) -> None:
-    """When stdin is a pipe (Blender's), a ``cancel`` line or its closing stops the job."""
-    try:
-        mode = os.fstat(sys.stdin.fileno()).st_mode
-    except (OSError, ValueError, AttributeError):
-        return
-    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-        return
+def _watch_stdin(cancel: CancelRequest) -> None:
+    """For the program that started us (``--stdin-control``): a ``cancel`` line or stdin closing
+    stops the job."""
 
     def watch() -> None:
-        for line in sys.stdin:
-            if line.strip().lower() == "cancel":
-                cancel.set()
-                return
-        cancel.set()  # end of input: the parent is gone, so nobody is waiting for the result
+        try:
+            for line in sys.stdin:
+                if line.strip().lower() == "cancel":
+                    cancel.request("cancelled: a 'cancel' line came on stdin")
+                    return
+        except (OSError, ValueError):
+            pass  # unreadable stdin counts as closed
+        # End of input: the parent is gone, so nobody is waiting for the result.
+        cancel.request("cancelled: stdin closed (the program that started the worker went away)")
         time.sleep(PARENT_GONE_GRACE_SECONDS)
         os._exit(ErrorCode.CANCELLED.exit_code)
 

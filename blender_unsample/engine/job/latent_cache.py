@@ -12,46 +12,52 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..protocol import CACHE_ENTRY_SUFFIX, CACHE_PARTIAL_SUFFIX, JobSpec
+from ..protocol import (
+    CACHE_ENTRY_SUFFIX,
+    CACHE_ENTRY_TENSOR,
+    CACHE_PARTIAL_SUFFIX,
+    CACHE_WRITER,
+    RESAMPLE_ROLES,
+    UNSAMPLE_ROLES,
+    JobSpec,
+    Role,
+    cache_files,
+    settings_with,
+)
 from .devices import Placement
 
 log = logging.getLogger(__name__)
 
-# The settings that change the unsampled latents. The style prompt, resample CFG, ControlNet
-# (unless it also runs while unsampling), noise and seed only act on the resample pass. VAE tiling
-# encodes the frames in blended tiles: other latents. The other memory options (frames per VAE
-# call, feed-forward chunking, CPU offload) compute the same thing in pieces, so they stay out.
-UNSAMPLE_SETTINGS = (
-    "family", "model", "config", "vae", "motion_adapter", "loras", "negative_prompt", "unsample_cfg",
-    "inversion_refinement", "sampler", "scheduler", "steps", "context", "overlap", "fusion", "looped",
-    "control_in_unsample", "vae_tiling",
-)  # fmt: skip
-_CONTROL_SETTINGS = ("control", "controlnet", "controlnet_strength", "control_start", "control_end")
+# The settings that change the unsampled latents: those of the unsample and the models roles
+# (protocol.Role). The style prompt, resample CFG, ControlNet (unless it also runs while unsampling),
+# noise and seed act on the resample pass only; the memory options compute the same thing in pieces.
+UNSAMPLE_SETTINGS = settings_with(*UNSAMPLE_ROLES)
+# What the resample pass adds on top of the unsampled latents: the key of the styled ones.
+RESAMPLE_SETTINGS = settings_with(*RESAMPLE_ROLES)
+_CONTROL_SETTINGS = settings_with(Role.CONTROL_MODEL, Role.CONTROL)
+# The model files whose identity (paths, sizes, times) keys the latents, besides their names.
+_MODEL_FILES = ("model", "vae", "motion_adapter")
 # Bump when the unsample pass changes what it computes (2: SDXL zero uncond, OpenCV canny; 3: LoRAs
-# merged by peft, which rounds fp16 and several-LoRA merges differently).
-_VERSION = 3
+# merged by peft, which rounds fp16 and several-LoRA merges differently; 4: frames read as they
+# display, EXIF orientation and 16-bit levels).
+_VERSION = 4
 
 
-def cache_key(spec: JobSpec, frames: Iterable[Path], size: tuple[int, int], placement: Placement) -> str:
-    """A hash of the source frames' pixels, the processing size, the kind of device and its
-    precisions, every setting the unsample pass reads, and the identity of each model file or
-    folder it loads."""
+def cache_key(spec: JobSpec, pixels: str, size: tuple[int, int], placement: Placement) -> str:
+    """A hash of the source frames' pixels (``pixels``: frames.pixel_digest), the processing size,
+    the kind of device and its precisions, every setting the unsample pass reads, and the identity
+    of each model file or folder it loads."""
     digest = hashlib.sha256(f"unsample-cache-{_VERSION}".encode())
-    for path in frames:
-        # The pixels, not the file's bytes: an export's metadata (dates, paths) must not matter.
-        with Image.open(path) as image:
-            digest.update(image.convert("RGB").tobytes())
+    digest.update(pixels.encode())
     settings = {name: getattr(spec, name) for name in UNSAMPLE_SETTINGS}
-    settings["unsample_prompt"] = spec.source_prompt
-    models = ["model", "vae", "motion_adapter"]
+    settings["unsample_prompt"] = spec.source_prompt  # omitted, it is the style prompt
+    models = list(_MODEL_FILES)
     if spec.control_in_unsample:
         settings |= {name: getattr(spec, name) for name in _CONTROL_SETTINGS}
         models.append("controlnet")
@@ -61,12 +67,6 @@ def cache_key(spec: JobSpec, frames: Iterable[Path], size: tuple[int, int], plac
     backend = [placement.device.type, str(placement.dtype), str(placement.vae_dtype)]
     digest.update(json.dumps([settings, size, backend], sort_keys=True, default=str).encode())
     return digest.hexdigest()
-
-
-# What the resample pass adds on top of the unsampled latents.
-RESAMPLE_SETTINGS = (
-    "prompt", "cfg", "noise", "seed", "control", "controlnet", "controlnet_strength", "control_start", "control_end",
-)  # fmt: skip
 
 
 def styled_key(spec: JobSpec, unsample_key: str) -> str:
@@ -88,7 +88,10 @@ def _identity(source: str) -> object:
 
 
 class LatentCache:
-    """A folder of unsampled latents with a size cap (bytes); the least recently used go first."""
+    """A folder of unsampled latents with a size cap (bytes); the least recently used go first.
+
+    The folder may hold other files (``--cache-dir`` is the user's choice): the cache counts,
+    evicts and clears only its own (protocol.cache_files)."""
 
     def __init__(self, folder: Path | str, limit_bytes: int) -> None:
         self.folder = Path(folder)
@@ -105,7 +108,7 @@ class LatentCache:
         try:
             with safe_open(str(path), framework="pt") as entry:
                 expected = (entry.metadata() or {}).get("checksum")
-                latents = entry.get_tensor("latents")
+                latents = entry.get_tensor(CACHE_ENTRY_TENSOR)
             if expected != _checksum(latents):
                 raise ValueError("its checksum differs")
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
@@ -120,12 +123,16 @@ class LatentCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         latents = latents.detach().to("cpu", torch.float32).contiguous()
         temporary = self._path(key).with_suffix(CACHE_PARTIAL_SUFFIX)
-        save_file({"latents": latents}, str(temporary), metadata={"checksum": _checksum(latents)})
+        metadata = {"checksum": _checksum(latents), "written_by": CACHE_WRITER}
+        save_file({CACHE_ENTRY_TENSOR: latents}, str(temporary), metadata=metadata)
         os.replace(temporary, self._path(key))
         self.evict(keep=key)
 
+    def _entries(self) -> list[Path]:
+        return [path for path in cache_files(self.folder) if path.suffix == CACHE_ENTRY_SUFFIX]
+
     def evict(self, keep: str | None = None) -> None:
-        entries = sorted(self.folder.glob(f"*{CACHE_ENTRY_SUFFIX}"), key=lambda p: p.stat().st_mtime)
+        entries = sorted(self._entries(), key=lambda p: p.stat().st_mtime)
         total = sum(p.stat().st_size for p in entries)
         for path in entries:
             if total <= self.limit_bytes:
@@ -136,10 +143,10 @@ class LatentCache:
             path.unlink(missing_ok=True)
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.folder.glob(f"*{CACHE_ENTRY_SUFFIX}")) if self.folder.is_dir() else 0
+        return sum(p.stat().st_size for p in self._entries())
 
     def clear(self) -> None:
-        for path in self.folder.glob(f"*{CACHE_ENTRY_SUFFIX}"):
+        for path in self._entries():
             path.unlink(missing_ok=True)
 
 

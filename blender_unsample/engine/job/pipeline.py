@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import tempfile
 import threading
@@ -20,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..errors import Cancelled, UnsampleError
+from ..errors import UnsampleError, cancelled
 from ..method.context import ContextWindowDenoiser, WindowEvaluator, context_windows
 from ..method.denoisers import Conditioning, Guidance, UNetDenoiser
 from ..method.schedules import get_sigmas
@@ -38,14 +37,12 @@ from .devices import (
     pick_placement,
     tile_vae,
 )
-from .frames import common_size, list_frames, read_frames, write_frame
+from .frames import inspect_frames, list_frames, pixel_digest, read_alpha, read_frames, write_frame
 from .latent_cache import LatentCache, cache_key, styled_key
+from .output import OutputFolder, usable_folder
 from .progress import ProgressTracker
 from .prompts import encode_prompt
 
-log = logging.getLogger(__name__)
-
-JOB_MARKER = ".unsample-job"  # in the output folder: the key of the styled latents its frames come from
 OUT_OF_MEMORY = (
     "out of memory. From the cheapest: feed-forward chunking, fewer frames per VAE call, CPU offload, "
     "VAE tiling, no ControlNet, a shorter context length (8), a lower resolution"
@@ -129,12 +126,11 @@ class RestyleRun:
     # --- events -------------------------------------------------------------------------------------
 
     def warn(self, message: str) -> None:
-        log.warning(message)
-        self.emit(WarningEvent(message))
+        self.emit(WarningEvent(message))  # the command line also puts every warning on stderr
 
     def check_cancelled(self) -> None:
         if self.cancel.is_set():
-            raise Cancelled()
+            raise cancelled(self.cancel)
 
     def downloading(self, repo: str, done: int, total: int) -> None:
         """A model download's progress, file by file; cancelling stops it between files."""
@@ -149,11 +145,25 @@ class RestyleRun:
         if problems:
             raise UnsampleError(ErrorCode.BAD_SETTINGS, "; ".join(problems))
         self.frames = list_frames(spec.frames)
-        self.source_size = common_size(self.frames)
+        info = inspect_frames(self.frames)
+        self.source_size = info.size
+        if info.with_alpha:
+            self.warn(
+                f"{info.with_alpha} of {len(self.frames)} frames have transparency: the model restyles their colour, "
+                "and each styled frame keeps its source frame's alpha"
+            )
         self.size = _processing_size(spec, self.source_size, self.warn)
-        self.out = _prepare_output(spec)
-        self.work = Path(spec.work_dir) if spec.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        self.work.mkdir(parents=True, exist_ok=True)
+        self.output = stack.enter_context(OutputFolder.claim(spec, self.frames, self.warn))
+        self.out = self.output.folder
+        if spec.work_dir:
+            self.work = usable_folder(Path(spec.work_dir).expanduser(), "work folder")
+        else:
+            self.work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if spec.cache_dir:
+            hint = " (choose another cache folder, or keep no cache: --no-cache)"
+            usable_folder(Path(spec.cache_dir).expanduser(), "cache folder", hint)
+            # Every frame decoded now, before any model loads: a damaged one is named at once.
+            self.pixels = pixel_digest(self.frames)
         self.refine = spec.inversion_refinement if spec.sampler == "euler" else 0
         if spec.inversion_refinement and not self.refine:
             self.warn(f"inversion refinement works with the euler sampler; {spec.sampler} unsamples without it")
@@ -216,7 +226,7 @@ class RestyleRun:
         if not spec.cache_dir:
             return None, None
         self.cache = LatentCache(spec.cache_dir, spec.cache_limit_mb * 2**20)
-        self.key = cache_key(spec, self.frames, self.size, self.placement)
+        self.key = cache_key(spec, self.pixels, self.size, self.placement)
         self.finished_key = styled_key(spec, self.key)
         styled = self.cache.get(self.finished_key)
         noise = self.cache.get(self.key) if styled is None else None
@@ -332,7 +342,7 @@ class RestyleRun:
     def _decode_frames(self, latents: torch.Tensor) -> int:
         """Decode and write every frame; returns how many were already there from this same job."""
         frames, out = self.frames, self.out
-        kept = _frames_kept(out, self.finished_key, frames)
+        kept = self.output.frames_kept(self.finished_key)
         vae = self.components.vae
         self.tracker.start("decode")
         batch = self.vae_batch
@@ -344,7 +354,8 @@ class RestyleRun:
                 images = vae.decode(chunk.to(vae.dtype), return_dict=False)[0]
                 pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
                 for index, frame_pixels in zip(todo, pixels.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
-                    write_frame(out / frames[index].name, frame_pixels, self.source_size)
+                    alpha = read_alpha(frames[index])
+                    write_frame(out / frames[index].name, frame_pixels, self.source_size, alpha)
             for index in range(start, min(start + batch, len(frames))):
                 self.tracker.frames_written += 1
                 self.emit(FrameWritten(name=frames[index].name, index=index))
@@ -395,24 +406,6 @@ def _processing_size(spec: JobSpec, source: tuple[int, int], warn: Callable[[str
     return rounded
 
 
-def _prepare_output(spec: JobSpec) -> Path:
-    out = Path(spec.out).expanduser()
-    if out.resolve() == Path(spec.frames).expanduser().resolve():
-        raise UnsampleError(
-            ErrorCode.BAD_SETTINGS, "the output folder is the input folder: the source frames would be overwritten"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".unsample-write-test-{id(spec)}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise UnsampleError(
-            ErrorCode.OUTPUT_NOT_WRITABLE, f"cannot write to the output folder {out}: {error.strerror or error}"
-        ) from error
-    return out
-
-
 def _open_hints(work: Path, spec: JobSpec, frames: int, size: tuple[int, int]) -> np.ndarray | None:
     if spec.control == "none":
         return None
@@ -428,15 +421,3 @@ def _blend_fresh_noise(noise: torch.Tensor, share: float, seed: int, sigma_max: 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     fresh = torch.randn(noise.shape, generator=generator, dtype=torch.float32).to(noise.device)
     return noise * math.sqrt(1 - share**2) + fresh * (sigma_max * share)
-
-
-def _frames_kept(out: Path, key: str, frames: list[Path]) -> set[str]:
-    """Frames already in ``out`` that this same job (same styled latents) wrote before it stopped.
-    Anything else there is overwritten; half-written temporary files are removed."""
-    for partial in out.glob(".*.partial"):
-        partial.unlink(missing_ok=True)
-    marker = out / JOB_MARKER
-    same_job = bool(key) and marker.is_file() and marker.read_text(encoding="utf-8").strip() == key
-    if key:
-        marker.write_text(key, encoding="utf-8")
-    return {f.name for f in frames if (out / f.name).is_file()} if same_job else set()
