@@ -28,12 +28,13 @@ from .worker import PACKAGE_DIR, doctor_report, worker_command
 UV_VERSION = "0.13.9"  # uv is installed into the new environment from the same index as the rest
 REQUIREMENTS = PACKAGE_DIR / "engine" / "requirements.txt"
 CLUSTER_REQUIREMENTS = PACKAGE_DIR / "engine" / "requirements-cluster.txt"  # Ray, while Cluster is on
-ENV_FOLDER = "worker-env"
-CACHE_FOLDER = "uv-cache"  # next to the environment: a retry reuses every finished download
+# Two slots for the environment: a set-up always builds afresh in the one Worker Python does not point
+# into, so the environment in use (and a job running from it) is never cleared nor half-updated; the
+# preference moves to the new one only once its check has passed. Venvs hold absolute paths, so a
+# finished one cannot be renamed into place: the slots take turns instead.
+ENV_FOLDERS = ("worker-env", "worker-env-2")
+CACHE_FOLDER = "uv-cache"  # next to the environments: a retry or the other slot reuses every download
 LOG_NAME = "worker-env.log"
-# Written when the install step starts, removed once the new environment passed its check: an
-# install that was cut short (cancel, crash) is started over in a fresh environment, from the cache.
-INCOMPLETE_NAME = "worker-env.incomplete"
 FAILURE_LINES = 60
 
 
@@ -43,6 +44,23 @@ def env_python(env: Path) -> Path:
 
 def env_uv(env: Path) -> Path:
     return env / "Scripts" / "uv.exe" if os.name == "nt" else env / "bin" / "uv"
+
+
+def points_into(python: str, folder: Path) -> bool:
+    """Whether the interpreter path ``python`` lies inside ``folder`` (symbolic links in the folders
+    followed, not the interpreter's own: a venv's python links to the Python it was made from)."""
+    if not python.strip():
+        return False
+    path = Path(os.path.abspath(os.path.expanduser(python)))
+    # A link loop raises (RuntimeError or OSError): the operator says so rather than guess a slot.
+    return path.parent.resolve().is_relative_to(folder.resolve())
+
+
+def build_folder(root: Path, worker_python: str) -> Path:
+    """The slot a set-up builds in: the first one Worker Python does not point into. Worker Python
+    elsewhere (Blender's own, a user's environment) leaves the first slot free."""
+    first, second = (root / name for name in ENV_FOLDERS)
+    return second if points_into(worker_python, first) else first
 
 
 def local_index(index: str) -> Path | None:
@@ -90,20 +108,26 @@ class Step:
 
 
 def plan(
-    base_python: str, root: Path, index: str, requirements: Path = REQUIREMENTS, cluster: bool = False
+    base_python: str,
+    root: Path,
+    index: str,
+    requirements: Path = REQUIREMENTS,
+    cluster: bool = False,
+    *,
+    worker_python: str = "",
 ) -> list[Step]:
-    """The commands that make (or finish, or refresh) the worker environment in ``root``; with ``cluster``,
-    Ray as well."""
-    env = root / ENV_FOLDER
+    """The commands that make the worker environment afresh in the slot of ``root`` that ``worker_python``
+    (the current preference; empty: Blender's own) does not point into; with ``cluster``, Ray as well."""
+    env = build_folder(root, worker_python)
     python, uv = str(env_python(env)), str(env_uv(env))
-    cut_short = (root / INCOMPLETE_NAME).exists()
-    steps = []
-    if cut_short or not env_uv(env).exists():
-        # venv is idempotent on an environment that exists; --clear drops a half-installed one.
-        venv = [base_python, "-m", "venv", *(["--clear"] if cut_short else []), str(env)]
-        steps.append(Step("venv", "Creating the Python environment", venv, 0.06))
-        pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
-        steps.append(Step("uv", "Installing uv", [*pip, *index_arguments(index), f"uv=={UV_VERSION}"], 0.04))
+    # --clear: whatever an earlier try left there (cut short, failed, or the environment before last)
+    # goes; nothing points at this slot, and uv's cache makes the reinstall mostly hard links.
+    venv = [base_python, "-m", "venv", "--clear", str(env)]
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+    steps = [
+        Step("venv", "Creating the Python environment", venv, 0.06),
+        Step("uv", "Installing uv", [*pip, *index_arguments(index), f"uv=={UV_VERSION}"], 0.04),
+    ]
     install = [uv, "pip", "install", "--python", python, "--cache-dir", str(root / CACHE_FOLDER), "--no-progress"]
     # Without an index of its own, uv picks PyTorch's index for this machine: the CUDA build that
     # fits the NVIDIA driver, the default build on macOS, the CPU build elsewhere.
@@ -212,13 +236,20 @@ class SetupJob:
     """The planned steps, run one after another on a thread; the main thread reads the state."""
 
     def __init__(
-        self, base_python: str, root: Path, index: str, requirements: Path = REQUIREMENTS, cluster: bool = False
+        self,
+        base_python: str,
+        root: Path,
+        index: str,
+        requirements: Path = REQUIREMENTS,
+        cluster: bool = False,
+        *,
+        worker_python: str,
     ) -> None:
         self.root = root
         self.index = index
-        self.env = root / ENV_FOLDER
+        self.env = build_folder(root, worker_python)  # Worker Python's own environment is left alone
         self.log_path = root / LOG_NAME
-        self.steps = plan(base_python, root, index, requirements, cluster)
+        self.steps = plan(base_python, root, index, requirements, cluster, worker_python=worker_python)
         self.step = self.steps[0]
         self.install = InstallProgress()
         self.started = time.monotonic()
@@ -274,7 +305,8 @@ class SetupJob:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a", encoding="utf-8") as log:
-                log.write(f"\n=== Set Up Worker, {time.strftime('%Y-%m-%d %H:%M:%S')}, index: {self.index or 'PyPI'}\n")
+                now = time.strftime("%Y-%m-%d %H:%M:%S")
+                log.write(f"\n=== Set Up Worker, {now}, in {self.env.name}, index: {self.index or 'PyPI'}\n")
                 self._run_steps(log)
         except OSError as error:  # the folder or its log cannot be written (disk full, permissions)
             self._end("failed", f"Set Up Worker failed: {_os_cause(error)} ({self.root})")
@@ -284,8 +316,6 @@ class SetupJob:
     def _run_steps(self, log) -> None:
         for step in self.steps:
             self.step = step
-            if step.kind == "install":
-                (self.root / INCOMPLETE_NAME).touch()
             log.write(f"$ {' '.join(step.command)}\n")
             log.flush()
             code, output = self._run_command(step, log)
@@ -306,7 +336,6 @@ class SetupJob:
                 where = step.text[0].lower() + step.text[1:]
                 self._end("failed", f"Set Up Worker failed ({where}): {cause}. Log: {self.log_path}")
                 return
-        (self.root / INCOMPLETE_NAME).unlink(missing_ok=True)
         self._end("ok", f"Worker set up in {self.env}")
 
     def _run_command(self, step: Step, log) -> tuple[int, str]:
@@ -378,12 +407,20 @@ def latest() -> SetupJob | None:
 
 
 def start(
-    base_python: str, root: Path, index: str, requirements: Path = REQUIREMENTS, cluster: bool = False
+    base_python: str,
+    root: Path,
+    index: str,
+    requirements: Path = REQUIREMENTS,
+    cluster: bool = False,
+    *,
+    worker_python: str,
 ) -> SetupJob:
+    """Set up the worker on a thread, beside the environment ``worker_python`` (the current preference)
+    points into, if it is one of ours; the caller switches the preference once the job is ``ok``."""
     global _current
     if running() is not None:
         raise RuntimeError("the worker is being set up already")
-    _current = SetupJob(base_python, root, index, requirements, cluster).start()
+    _current = SetupJob(base_python, root, index, requirements, cluster, worker_python=worker_python).start()
     return _current
 
 

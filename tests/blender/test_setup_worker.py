@@ -22,7 +22,6 @@ from blender_unsample.addon import runner, worker_setup
 from blender_unsample.addon.operators import SEQUENCER_OT_unsample_setup_cancel, SEQUENCER_OT_unsample_setup_worker
 from blender_unsample.addon.operators import setup_worker as setup_operator
 from blender_unsample.addon.worker_setup import (
-    INCOMPLETE_NAME,
     UV_VERSION,
     InstallProgress,
     failure_reason,
@@ -62,8 +61,8 @@ def setup_prefs(addon, wheelhouse):
     worker_setup.cancel_running()
 
 
-def env_python(prefs) -> Path:
-    return worker_setup.env_python(Path(prefs.cache_folder) / "worker-env")
+def env_python(prefs, slot: str = "worker-env") -> Path:
+    return worker_setup.env_python(Path(prefs.cache_folder) / slot)
 
 
 def group_alive(group: int, grace: float = 5.0) -> bool:
@@ -106,7 +105,6 @@ def test_set_up_worker_makes_an_environment_that_the_panel_accepts_and_that_rest
     root = Path(setup_prefs.cache_folder)  # a checkout's add-on: the runner's cache root
     assert (root / "uv-cache").is_dir(), "uv's cache lives next to the environment, for a retry"
     assert "Installed" in (root / "worker-env.log").read_text(encoding="utf-8")
-    assert not (root / INCOMPLETE_NAME).exists()
 
     report = wait_for_report(setup_prefs.worker_python)  # the panel's worker check: green
     assert report["missing"] == [] and report["packages"]["torch"].startswith("2.13.0")
@@ -142,12 +140,49 @@ def test_a_failed_install_keeps_worker_python_and_a_retry_succeeds(setup_prefs, 
     assert state.status == "FINISHED"
 
 
+def site_packages(python: str) -> list[str]:
+    """What is installed in the environment of ``python``, as its site-packages folder lists it."""
+    where = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return sorted(os.listdir(where))
+
+
+def test_refreshes_that_fail_leave_the_working_environment_as_it_was(setup_prefs, wheelhouse):
+    needs_torch_wheel(wheelhouse)
+    assert bpy.ops.sequencer.unsample_setup_worker() == {"FINISHED"}
+    working = setup_prefs.worker_python
+    installed = site_packages(working)
+
+    # Cluster turned on, Set Up Worker pressed to add Ray: the index has no Ray, so each refresh fails.
+    setup_prefs.cluster = "LOCAL"
+    for attempt in (1, 2):
+        with pytest.raises(RuntimeError, match="ray is not available"):
+            bpy.ops.sequencer.unsample_setup_worker()
+        assert setup_prefs.worker_python == working, f"failed refresh {attempt} changed Worker Python"
+        # The listing is asked of Worker Python itself: it still starts, and nothing in it moved.
+        assert site_packages(working) == installed, f"failed refresh {attempt} changed the working environment"
+    # And it still imports them: 11 s here, so once, after the second failure (the one that used to empty it).
+    imports = subprocess.run([working, "-c", "import torch, diffusers"], capture_output=True, text=True)
+    assert imports.returncode == 0, f"after two failed refreshes Worker Python lost torch: {imports.stderr}"
+
+    setup_prefs.cluster = "NONE"
+    assert bpy.ops.sequencer.unsample_setup_worker() == {"FINISHED"}
+    assert Path(setup_prefs.worker_python) == env_python(setup_prefs, "worker-env-2"), "built beside the old one"
+    report = worker_setup.latest().report  # the set-up's own doctor, in the environment now in use
+    assert report["missing"] == [] and report["packages"]["torch"].startswith("2.13.0")
+    assert site_packages(working) == installed, "the old environment is kept: a job may still run from it"
+
+
 def test_cancel_kills_the_install_and_keeps_worker_python(setup_prefs, tmp_path):
     context = bpy.context
     assert poll_message(SEQUENCER_OT_unsample_setup_cancel, context) == (False, "The worker is not being set up")
     old = setup_prefs.worker_python
     root = setup_operator.setup_root()
-    job = worker_setup.start(sys.executable, root, setup_operator.package_index())
+    job = worker_setup.start(sys.executable, root, setup_operator.package_index(), worker_python=old)
     deadline = time.monotonic() + 60
     while not (job.step.kind == "install" and job.process is not None and job.process.poll() is None):
         assert not job.done and time.monotonic() < deadline, job.message
@@ -163,15 +198,16 @@ def test_cancel_kills_the_install_and_keeps_worker_python(setup_prefs, tmp_path)
     state = context.window_manager.unsample.setup
     assert state.status == "CANCELLED" and "press it again to resume" in state.message
     assert setup_prefs.worker_python == old
-    # Pressing it again starts the cut-short environment over, from uv's cache.
-    assert (root / INCOMPLETE_NAME).exists()
-    assert "--clear" in plan(sys.executable, root, setup_prefs.package_index)[0].command
+    # Pressing it again starts the cut-short environment over in the same place, from uv's cache.
+    venv = plan(sys.executable, root, setup_prefs.package_index, worker_python=old)[0].command
+    assert venv[-2:] == ["--clear", str(job.env)]
 
 
 def test_disabling_the_add_on_stops_a_running_set_up(setup_prefs):
     import addon_utils
 
-    job = worker_setup.start(sys.executable, setup_operator.setup_root(), setup_operator.package_index())
+    root, index = setup_operator.setup_root(), setup_operator.package_index()
+    job = worker_setup.start(sys.executable, root, index, worker_python=setup_prefs.worker_python)
     deadline = time.monotonic() + 30
     while job.process is None:
         assert time.monotonic() < deadline
@@ -265,7 +301,7 @@ def test_the_preferences_have_set_up_worker_next_to_worker_python_and_the_packag
 def test_the_plan_uses_uv_with_pytorchs_index_only_without_a_package_index(tmp_path):
     steps = plan("/blender/python", tmp_path, "")
     assert [s.kind for s in steps] == ["venv", "uv", "install", "check"]
-    assert steps[0].command == ["/blender/python", "-m", "venv", str(tmp_path / "worker-env")]
+    assert steps[0].command == ["/blender/python", "-m", "venv", "--clear", str(tmp_path / "worker-env")]
     assert steps[1].command[-1] == f"uv=={UV_VERSION}"
     install = steps[2].command
     assert install[:3] == [str(worker_setup.env_uv(tmp_path / "worker-env")), "pip", "install"]
@@ -289,14 +325,31 @@ def test_a_folder_index_is_a_wheelhouse_when_it_holds_wheels_else_a_simple_index
     assert index_arguments("") == []
 
 
-def test_a_set_up_environment_is_refreshed_not_remade(tmp_path):
-    uv = worker_setup.env_uv(tmp_path / "worker-env")
-    uv.parent.mkdir(parents=True)
-    uv.write_text("")
-    assert [s.kind for s in plan("/py", tmp_path, "")] == ["install", "check"]
-    (tmp_path / INCOMPLETE_NAME).touch()  # an install cut short: made again, from the cache
-    steps = plan("/py", tmp_path, "")
-    assert steps[0].kind == "venv" and "--clear" in steps[0].command
+@pytest.mark.parametrize(
+    ("worker_python", "built"),
+    [
+        ("", "worker-env"),  # Blender's own Python
+        ("/usr/bin/python3", "worker-env"),
+        ("{root}/worker-env/bin/python", "worker-env-2"),
+        ("{root}/worker-env/bin/python3.11", "worker-env-2"),
+        ("{link}/worker-env/bin/python", "worker-env-2"),  # the same folder through a link
+        ("{root}/worker-env-2/bin/python", "worker-env"),
+        ("{root}/worker-env-3/bin/python", "worker-env"),
+        ("{comfy}/venv/bin/python", "worker-env"),  # a user's own environment, outside the folder
+    ],
+)
+def test_a_set_up_builds_afresh_beside_the_environment_worker_python_points_into(tmp_path, worker_python, built):
+    root, comfy = tmp_path / "unsample", tmp_path / "ComfyUI"
+    (root / "worker-env" / "bin").mkdir(parents=True)  # a finished environment and a link to its folder
+    (root / "worker-env" / "bin" / "python").symlink_to(sys.executable)
+    (tmp_path / "link").symlink_to(root)
+    worker_python = worker_python.format(root=root, link=tmp_path / "link", comfy=comfy)
+
+    steps = plan("/py", root, "", worker_python=worker_python)
+    assert [s.kind for s in steps] == ["venv", "uv", "install", "check"]
+    assert steps[0].command == ["/py", "-m", "venv", "--clear", str(root / built)]  # nothing points at it
+    assert worker_setup.SetupJob("/py", root, "", worker_python=worker_python).env == root / built
+    assert not any(str(comfy) in word for step in steps for word in step.command)
 
 
 def test_setup_problem_names_the_missing_permission():

@@ -88,8 +88,13 @@ class SEQUENCER_OT_unsample_setup_worker(bpy.types.Operator):
 
     def start(self, context: bpy.types.Context) -> worker_setup.SetupJob | None:
         try:
+            # The environment Worker Python runs from now is left alone: the new one is built beside it.
             job = worker_setup.start(
-                self.python or sys.executable, setup_root(), package_index(), cluster=with_cluster()
+                self.python or sys.executable,
+                setup_root(),
+                package_index(),
+                cluster=with_cluster(),
+                worker_python=runner.worker_python(),
             )
         except (OSError, RuntimeError) as error:
             self.report({"ERROR"}, f"Cannot set up the worker: {error}")
@@ -144,7 +149,8 @@ class SEQUENCER_OT_unsample_setup_worker(bpy.types.Operator):
         if job.outcome != "ok":
             self.report({"WARNING"} if job.outcome == "cancelled" else {"ERROR"}, job.message)
             return {"CANCELLED"}
-        # Only now, with its check passed: a failed set-up leaves the old Worker Python as it was.
+        # Only now, with its check passed: a failed set-up leaves the old Worker Python as it was. The
+        # environment it pointed at stays too (a job may still run from it); the next set-up reuses it.
         prefs = runner.preferences()
         if prefs is not None:
             prefs.worker_python = str(job.python)
