@@ -9,7 +9,8 @@ from typing import Any
 import bpy
 
 from ..engine.protocol import MODEL_FILE_SUFFIXES
-from . import cluster
+from . import cluster, runner
+from .operators.setup_worker import setup_problem
 from .paths import cache_usage
 from .preferences import ADDON_ID
 from .properties import processing_size
@@ -186,9 +187,40 @@ def draw_worker_problem(layout: bpy.types.UILayout, context: bpy.types.Context) 
     )
     _wrapped(box, text, width - 50, "ERROR")  # narrower: the box's margins and the icon
     draw_setup_state(box, context, width - 50)
+    draw_setup_gate(box, context, width - 50, downloads=True)
     row = box.row(align=True)
     row.operator("sequencer.unsample_setup_worker", icon="IMPORT")
     row.operator("preferences.addon_show", text="", icon="PREFERENCES").module = ADDON_ID
+
+
+def draw_setup_gate(layout: bpy.types.UILayout, context: bpy.types.Context, width: int, downloads: bool) -> None:
+    """Why Set Up Worker is grey, and the setting that turns it on, where Blender lets it be turned on
+    here: Allow Online Access (Blender's own checkbox, and the way to its place in the preferences)
+    and, with ``downloads``, Download Missing Models."""
+    if context.window_manager.unsample.setup.status == "RUNNING":
+        return  # grey because it runs: its progress is drawn instead
+    problem = setup_problem()
+    if not problem:
+        return
+    prefs = preferences()
+    if not runner.online_access():
+        if bpy.app.online_access_override:  # --offline-mode: Blender keeps it off until started without
+            text = "Set Up Worker is grey: Blender was started offline (--offline-mode). Start it without that."
+            _wrapped(layout, text, width, "INFO")
+            return
+        text = "Set Up Worker is grey: it downloads packages, and Blender's Allow Online Access is off."
+        _wrapped(layout, f"{text} Turn it on here or in Preferences > System > Network.", width, "INFO")
+        row = layout.row(align=True)
+        row.prop(bpy.context.preferences.system, "use_online_access", text="Allow Online Access")
+        # Its place in Blender's preferences; a globe, apart from the add-on's own gear.
+        row.operator("screen.userpref_show", text="", icon="INTERNET").section = "SYSTEM"
+    elif prefs is not None and not prefs.allow_downloads:
+        text = "Set Up Worker is grey: Download Missing Models is off in Unsample's preferences."
+        _wrapped(layout, text, width, "INFO")
+        if downloads:
+            layout.prop(prefs, "allow_downloads")
+    else:
+        _wrapped(layout, f"Set Up Worker is grey: {problem.rstrip('.')}.", width, "INFO")
 
 
 def draw_setup_state(layout: bpy.types.UILayout, context: bpy.types.Context, width: int) -> None:

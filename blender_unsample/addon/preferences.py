@@ -117,9 +117,10 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
         row = layout.row(align=True)
         row.prop(self, "worker_python")
         row.operator("sequencer.unsample_setup_worker", text="Set Up Worker", icon="IMPORT")
-        from .panel import draw_cluster_state, draw_setup_state  # here: the panel module imports this one
+        from .panel import draw_cluster_state, draw_setup_gate, draw_setup_state  # the panel imports this module
 
         draw_setup_state(layout, context, 600)
+        draw_setup_gate(layout, context, 600, downloads=False)  # Download Missing Models is further down
         layout.prop(self, "package_index", placeholder="PyPI, and PyTorch's index for this machine")
         layout.prop(self, "device")
         layout.prop(self, "cluster")

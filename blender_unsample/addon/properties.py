@@ -252,8 +252,6 @@ def _model_path(value: str, models_folder: str) -> str:
     return value
 
 
-
-
 def model_size(aspect: float, native: int) -> tuple[int, int]:
     """Width and height with about ``native`` squared pixels at ``aspect``, multiples of 8."""
     height = math.sqrt(native * native / aspect)

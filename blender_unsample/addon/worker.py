@@ -10,6 +10,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from ..engine.protocol import ErrorCode, ErrorEvent, Event, event_from_json
@@ -136,20 +137,45 @@ class Worker:
         )
 
 
-# --- what the worker Python can do, asked once per Python in the background --------------------------
+# --- what the worker Python can do, asked in the background ------------------------------------------
 
-_reports: dict[str, dict] = {}
+# A report of missing packages is asked again after this long: the user may install them by hand (it
+# greys Restyle, so it must not outlive the problem). A good report stands until forgotten.
+RECHECK_SECONDS = 20.0
+
+_reports: dict[str, dict | None] = {}
+_received: dict[str, float] = {}  # when each report came in
+_asking: set[str] = set()
+_first_asks: set[str] = set()  # asked with no report before it
+SETTLE_SECONDS = 0.5
 _lock = threading.Lock()
 
 
 def worker_report(python: str) -> dict | None:
-    """The worker Python's ``doctor`` report; None while it is being asked (in a thread)."""
+    """The worker Python's ``doctor`` report; None while it is first asked (in a thread). A report
+    of missing packages stays in use while it is asked again."""
     with _lock:
-        if python in _reports:
-            return _reports[python]
-        _reports[python] = None
+        report = _reports.get(python)
+        stale = report is not None and report.get("missing") and time.monotonic() - _received[python] > RECHECK_SECONDS
+        if python in _asking or (python in _reports and not stale):
+            return report
+        if _reports.setdefault(python, None) is None:
+            _first_asks.add(python)
+        else:
+            _first_asks.discard(python)
+        _asking.add(python)
     threading.Thread(target=_ask, args=(python,), name="unsample-doctor", daemon=True).start()
-    return None
+    return report
+
+
+def settled_worker_report(python: str) -> dict | None:
+    """The report as an operator's poll should see it. Blender polls an operator twice in one call
+    (bpy.ops, then the call itself) and answers PASS_THROUGH, silently, when the second poll fails:
+    a first report that has just come in counts as not yet in for a moment, so both polls agree."""
+    report = worker_report(python)
+    with _lock:
+        just_in = python in _first_asks and time.monotonic() - _received.get(python, 0.0) < SETTLE_SECONDS
+    return None if just_in else report
 
 
 def forget_worker_reports() -> None:
@@ -186,3 +212,5 @@ def _ask(python: str) -> None:
         report = {"error": f"cannot run {python}: {error}", "missing": ["torch"]}
     with _lock:
         _reports[python] = report
+        _received[python] = time.monotonic()
+        _asking.discard(python)

@@ -238,6 +238,9 @@ def quick_worker(addon, tmp_path):
         f"""#!{sys.executable}
 import json, shutil, sys
 from pathlib import Path
+if "doctor" in sys.argv:  # the panel's check of the worker Python: it has what a worker needs
+    print(json.dumps({{"python": sys.argv[0], "packages": {{"torch": "2.13.0"}}, "missing": [], "devices": ["cpu"]}}))
+    sys.exit(0)
 job = json.loads(Path(sys.argv[sys.argv.index("--job") + 1]).read_text(encoding="utf-8"))
 out = Path(job["out"])
 out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -259,7 +260,8 @@ def test_a_queued_strip_deleted_before_its_turn_is_skipped_with_a_reason(image_s
 def test_a_missing_worker_python_is_named(image_strip, tmp_path):
     prefs = bpy.context.preferences.addons["blender_unsample"].preferences
     prefs.worker_python = str(tmp_path / "no-python")
-    with pytest.raises(RuntimeError, match=r"cannot start the worker Python .*no-python.*Worker Python preference"):
+    # Said by the job's start, or by the refusal if the worker check (started by poll) beat it there.
+    with pytest.raises(RuntimeError, match=r"(?i)cannot start the worker Python .*no-python.*Worker Python preference"):
         bpy.ops.sequencer.unsample_restyle()
     assert not styled_strips(bpy.context.scene)
 
@@ -274,22 +276,43 @@ def test_the_worker_python_is_asked_what_it_can_do(addon):
     assert report["devices"][-1] == "cpu"
 
 
-def test_a_worker_python_without_torch_fails_with_the_fix_named(image_strip, tmp_path):
+def test_a_worker_python_without_torch_greys_restyle_with_the_fix_named(image_strip, tmp_path):
+    import subprocess
     import sys
 
-    # The Python running these tests: with Blender 4.2 it has no torch. With 5.0 it has; skip there.
-    if "torch" not in worker_report_for(sys.executable)["missing"]:
-        pytest.skip("this Blender's Python has torch")
-    bpy.context.preferences.addons["blender_unsample"].preferences.worker_python = sys.executable
-    with pytest.raises(RuntimeError, match=r"lacks torch.*Worker Python preference.*\[worker_setup\]"):
-        bpy.ops.sequencer.unsample_restyle()
+    from blender_unsample.addon.worker import worker_command, worker_environment
+
+    # A fresh install's worker Python: a virtual environment of this Python without its packages.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    python = str(tmp_path / "bare" / "bin" / "python")
+    bpy.context.preferences.addons["blender_unsample"].preferences.worker_python = python
+    assert "torch" in worker_report_for(python)["missing"]
+    fix = r"lacks torch.*Set Up Worker.*Worker Python"
+    ok, message = poll_message(SEQUENCER_OT_unsample_restyle, bpy.context)
+    assert not ok and re.search(fix, message), "greyed, with the fix in its tooltip"
+    with pytest.raises(RuntimeError, match=fix):
+        bpy.ops.sequencer.unsample_restyle()  # a script is refused with the same words
+    assert not RUNNER.busy and not styled_strips(bpy.context.scene)
+
+    # The worker's own check stays, for a job started before the panel's check is in, or from a shell.
+    result = subprocess.run(
+        worker_command(python, "restyle", "--progress", "json"),
+        env=worker_environment(python),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    error = json.loads(result.stdout.splitlines()[-1])
+    assert result.returncode == 10 and error["code"] == "worker_setup"
+    assert re.search(r"lacks torch.*Worker Python preference", error["message"])
 
 
 def worker_report_for(python: str) -> dict:
-    from blender_unsample.addon.worker import worker_report
+    """The report as the buttons see it (a first report counts once it has settled)."""
+    from blender_unsample.addon.worker import settled_worker_report
 
     deadline = time.monotonic() + 120
-    while (report := worker_report(python)) is None and time.monotonic() < deadline:
+    while (report := settled_worker_report(python)) is None and time.monotonic() < deadline:
         time.sleep(0.2)
     return report
 

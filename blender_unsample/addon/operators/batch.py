@@ -1,7 +1,8 @@
-"""What Restyle and Preview share: queue strips, then drive the batch to its end.
+"""What Restyle, Preview and Resume share: queue strips, then drive the batch to its end.
 
 Interactively the batch runs under a modal operator woken by a timer, so Blender stays usable
 and Esc cancels; from scripts and in background mode ``execute`` blocks until the batch is over.
+None of them starts a job on a worker Python that is known to lack its packages: it could only fail.
 """
 
 from __future__ import annotations
@@ -11,10 +12,42 @@ import time
 import bpy
 
 from ..cluster import cluster_problem
-from ..runner import RUNNER, preferences
+from ..runner import RUNNER, preferences, worker_python
 from ..strips import has_strips
+from ..worker import settled_worker_report, worker_report
+from .setup_worker import setup_problem
 
 TIMER_INTERVAL = 0.1
+
+
+def missing_text(names: list[str]) -> str:
+    """The missing packages, the first two by name: "torch, diffusers and 5 more packages"."""
+    more = len(names) - 2
+    return ", ".join(names[:2]) + (f" and {more} more package{'s' if more > 1 else ''}" if more > 0 else "")
+
+
+def worker_problem(settled: bool = False) -> str | None:
+    """Why no job can run on the worker Python, from its doctor report (asked in the background).
+    None while the report is still being asked for: a job then runs, and the worker's own check stops
+    it at once if a package is missing. ``settled``: as poll must see it (worker.settled_worker_report)."""
+    python = worker_python()
+    report = settled_worker_report(python) if settled else worker_report(python)
+    if not report or not report.get("missing"):
+        return None
+    # The fix comes first: a script sees the message cut at 200 characters (bpy.ops' poll error).
+    if report.get("error"):
+        what = f"Cannot start the worker Python {python}"
+        fix = "check the Worker Python preference, or press Set Up Worker"
+        cause = " (" + report["error"].removeprefix(f"cannot run {python}: ") + ")"
+    else:
+        what = f"The worker Python lacks {missing_text(report['missing'])}"
+        fix = "press Set Up Worker, or set Worker Python to an environment that has them"
+        cause = ""
+    if bpy.context.window_manager.unsample.setup.status == "RUNNING":
+        return f"{what}: wait for Set Up Worker, which is installing them{cause}"
+    text = f"{what}: {fix}{cause}"
+    grey = setup_problem()
+    return f"{text}. Set Up Worker is grey: {grey}" if grey else text
 
 
 class BatchOperator:
@@ -26,7 +59,7 @@ class BatchOperator:
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        problem = cls.problem(context.scene)
+        problem = cls.problem(context.scene) or worker_problem(settled=True)
         if problem:
             cls.poll_message_set(problem)
         return problem is None
@@ -70,8 +103,16 @@ class BatchOperator:
             return False
         return True
 
+    def refused(self) -> bool:
+        """True, with the reason reported, where the worker Python cannot run the job: its report came
+        in after poll let the call through, or a script called ``execute`` past poll."""
+        problem = worker_problem()
+        if problem:
+            self.report({"ERROR"}, problem)
+        return problem is not None
+
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        if not self.enqueue(context):
+        if self.refused() or not self.enqueue(context):
             return {"CANCELLED"}
         if BatchOperator._driving:
             self.report({"INFO"}, "Queued after the strips already being restyled")
@@ -102,7 +143,7 @@ class BatchOperator:
         BatchOperator._driving = False
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        if not self.enqueue(context):
+        if self.refused() or not self.enqueue(context):
             return {"CANCELLED"}
         if BatchOperator._driving:
             return {"FINISHED"}
