@@ -62,11 +62,9 @@ def test_canny_hints_match_opencvs_canny(name):
     hint = make_hints("canny", image[None])[0]
     assert hint.shape == image.shape and hint.dtype == np.uint8
     assert (hint == hint[..., :1]).all(), "three equal channels"
-    ours = hint[..., 0] > 0
     assert reference.sum() > 100, "the image has edges to compare"
-    iou = (ours & reference).sum() / (ours | reference).sum()
-    assert iou >= 0.95, f"IoU {iou:.3f}"
-    assert abs(int(ours.sum()) - int(reference.sum())) <= 0.05 * reference.sum()
+    # Pixel for pixel, as the README says: an IoU or count tolerance would hide a rule decided otherwise.
+    np.testing.assert_array_equal(hint[..., 0] > 0, reference)
 
 
 @pytest.mark.parametrize("name", ["rounding", "texture", "spiral"])
