@@ -4,6 +4,7 @@ Ray lets a machine declare GPUs it does not have; each worker takes one, and com
 """
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ ray = pytest.importorskip("ray", reason="the cluster tests need the cluster extr
 
 from blender_unsample.engine.cluster.connect import check_reachable, runtime_env, split_address  # noqa: E402
 from blender_unsample.engine.cluster.run import run_on_cluster  # noqa: E402
-from blender_unsample.engine.cluster.windows import split_evenly  # noqa: E402
+from blender_unsample.engine.cluster.windows import RemoteWindows, split_evenly  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,11 @@ def assert_same_frames(a, b):
     assert not different, f"{len(different)} of {len(first)} frames differ, first {different[0]}"
 
 
-def test_one_long_strip_over_two_workers_gives_the_frames_of_one_process(cluster, tiny_spec, tmp_path):
+def test_one_long_strip_over_two_workers_gives_the_frames_of_one_process(cluster, tiny_spec, tmp_path, monkeypatch):
+    from blender_unsample.engine.cluster import run
+
+    pools = []
+    monkeypatch.setattr(run, "RemoteWindows", lambda *args: pools.append(RemoteWindows(*args)) or pools[-1])
     write_clip(tmp_path / "frames", 40)
     restyle(light(tiny_spec, tmp_path / "frames", tmp_path / "alone"), lambda event: None)
 
@@ -65,6 +70,15 @@ def test_one_long_strip_over_two_workers_gives_the_frames_of_one_process(cluster
     windows = {e.windows for e in events if isinstance(e, Progress) and e.stage == "resample"}
     assert windows == {7}, "40 frames in windows of 8 overlapping by 2 are 7 windows"
     assert isinstance(events[-1], Done) and events[-1].frames == 40
+    # The windows were shared: at every model evaluation each of the two workers, processes other
+    # than this one, computed its run of them (7 windows: 4 and 3).
+    [pool] = pools
+    steps = 2 * spec.steps  # the unsample and the resample pass, without refinement
+    assert len(pool.stats) == steps, "every evaluation went to the workers"
+    for stats in pool.stats:
+        assert sorted(stats.windows_by_worker.values()) == [3, 4], stats.windows_by_worker
+        assert not any(worker.endswith(f":{os.getpid()}") for worker in stats.windows_by_worker)
+    assert len({worker for stats in pool.stats for worker in stats.windows_by_worker}) == 2
 
 
 @pytest.mark.slow

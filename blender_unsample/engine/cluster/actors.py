@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import threading
 import time
 import uuid
@@ -27,6 +29,9 @@ from ..protocol import RELOAD_ROLES, Done, ErrorCode, Event, JobSpec, settings_w
 # What load_components reads from a job, and the memory options that change models in place (the
 # roles that reload, protocol.RELOAD_ROLES): jobs that agree on these share one set of loaded models.
 MODEL_SETTINGS = settings_with(*RELOAD_ROLES)
+
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # this process, among a cluster's workers
 
 
 def model_key(spec: JobSpec) -> str:
@@ -89,8 +94,9 @@ class WindowWorker:
 
     def denoise(
         self, shared: list[Any], windows: list[np.ndarray], sigma: float, frames: list[list[int]]
-    ) -> tuple[list[np.ndarray], float]:
-        """The denoised windows and the seconds spent computing them.
+    ) -> tuple[list[np.ndarray], float, str]:
+        """The denoised windows, the seconds spent computing them and who computed them (host and
+        process: the driver counts each worker's share).
 
         ``shared`` is [pass key, ref to (guidance, control on), hints key, ref to hints or None]:
         references inside a list, which Ray hands over unresolved, so they are fetched only when new.
@@ -112,7 +118,7 @@ class WindowWorker:
                 .numpy()
                 for x, window in zip(windows, frames, strict=True)
             ]
-        return outputs, time.perf_counter() - started
+        return outputs, time.perf_counter() - started, WORKER_ID
 
 
 class StripWorker:

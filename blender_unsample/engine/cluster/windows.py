@@ -33,6 +33,7 @@ class ExchangeStats:
     bytes_received: int
     windows: int
     frames: int
+    windows_by_worker: dict[str, int]  # each worker's share of the windows, by host and process
 
 
 class RemoteWindows:
@@ -72,13 +73,16 @@ class RemoteWindows:
             sent += sum(p.nbytes for p in parts)
             calls.append(worker.denoise.remote(shared, parts, float(sigma), share))
         busiest = 0.0
+        shares: dict[str, int] = {}
         for call in calls:
-            outputs, seconds = worker_result(self.ray, call)  # a lost worker: Ray retried it as often as allowed
+            # A lost worker: Ray retried it as often as allowed.
+            outputs, seconds, worker_id = worker_result(self.ray, call)
             busiest = max(busiest, seconds)
             received += sum(o.nbytes for o in outputs)
+            shares[worker_id] = shares.get(worker_id, 0) + len(outputs)
             yield from (torch.tensor(o) for o in outputs)  # a copy: what Ray hands over is read-only
         wall = time.perf_counter() - started
-        self.stats.append(ExchangeStats(wall, busiest, sent, received, len(windows), x.shape[2]))
+        self.stats.append(ExchangeStats(wall, busiest, sent, received, len(windows), x.shape[2], shares))
 
 
 def split_evenly(windows: list[list[int]], workers: int) -> list[list[list[int]]]:
