@@ -16,7 +16,15 @@ from types import SimpleNamespace
 
 import bpy
 import pytest
-from conftest import add_image_strip, poll_message, run_interactively, snapshot, styled_strips, write_frames
+from conftest import (
+    add_image_strip,
+    poll_message,
+    run_interactively,
+    snapshot,
+    styled_strips,
+    worker_python,
+    write_frames,
+)
 from test_prompts import draw, labels
 from test_restyle import check_styled
 
@@ -136,6 +144,27 @@ def test_a_worker_without_ray_is_pointed_to_set_up_worker(addon, tmp_path):
     assert cluster.setup_hint(message) == " Set Up Worker installs Ray while Cluster is on."
     assert cluster.setup_hint("the array is too small to install") == ""
     assert cluster.setup_hint("lacks Ray: pip install it, or press Set Up Worker") == "", "said once"
+
+
+def test_a_restyle_on_a_worker_python_without_ray_shows_the_engines_message_and_set_up_worker(image_strip, tmp_path):
+    """The worker Python has torch but no Ray: the job's real error reaches the panel and the report,
+    pointing at Set Up Worker."""
+    no_ray = tmp_path / "no-ray"
+    (no_ray / "ray").mkdir(parents=True)
+    (no_ray / "ray" / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    python = tmp_path / "python-without-ray"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={no_ray} exec {worker_python()} "$@"\n', encoding="utf-8")
+    python.chmod(0o755)
+    prefs = bpy.context.preferences.addons["blender_unsample"].preferences
+    prefs.worker_python = str(python)
+    use_cluster("LOCAL")
+    with pytest.raises(RuntimeError) as error:
+        bpy.ops.sequencer.unsample_restyle()
+    state = bpy.context.window_manager.unsample
+    for said in (str(error.value), state.message):
+        assert "a cluster needs Ray in the worker's Python" in said, said
+        assert "Set Up Worker" in said and "[worker_setup]" in said, said
+    assert not styled_strips(bpy.context.scene)
 
 
 @pytest.mark.parametrize(
