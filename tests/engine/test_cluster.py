@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,56 @@ def test_the_unsample_cache_serves_a_cluster_job_as_it_serves_one_process(cluste
     assert run_on_cluster([spec], "auto", 0, events.append, threading.Event()) == [None]
     assert events[-1].unsample_cached, "a new style of the same frames takes the unsample pass from the cache"
     assert not [e for e in events if isinstance(e, Progress) and e.stage == "unsample" and e.windows]
+
+
+def strip_worker_pids() -> list[int]:
+    """The processes of the cluster's strip workers (Ray titles them after the actor's class)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(b"ray::StripWorker"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker's process in /proc")
+def test_a_strip_worker_killed_mid_strip_is_restarted_and_keeps_the_frames_it_wrote(cluster, tiny_spec, tmp_path):
+    write_clip(tmp_path / "frames", 12)
+    write_clip(tmp_path / "other", 3)
+    restyle(light(tiny_spec, tmp_path / "frames", tmp_path / "alone", vae_batch=1), lambda event: None)
+    cache = str(tmp_path / "cache")  # as on the command line: the restarted strip finds its styled latents
+    out = tmp_path / "out"
+    specs = [
+        light(tiny_spec, tmp_path / "frames", out, vae_batch=1, cache_dir=cache),
+        light(tiny_spec, tmp_path / "other", tmp_path / "out-other", cache_dir=cache),
+    ]
+    written_before: dict[str, int] = {}
+    done = threading.Event()
+
+    def kill_once_a_frame_is_written():
+        # As a crash while decoding: the worker's process killed once its first frames are on disk.
+        while not done.is_set():
+            if (out / "frame_0001.png").exists() and (pids := strip_worker_pids()):
+                os.kill(pids[0], 9)
+                written_before.update({p.name: p.stat().st_ino for p in out.glob("frame_*.png")})
+                return
+            time.sleep(0.001)
+
+    killer = threading.Thread(target=kill_once_a_frame_is_written)
+    killer.start()
+    events = []
+    try:
+        errors = run_on_cluster(specs, "auto", 1, events.append, threading.Event())
+    finally:
+        done.set()
+        killer.join()
+    assert errors == [None, None]
+    assert 0 < len(written_before) < 12, "killed mid-strip"
+    assert_same_frames(tmp_path / "alone", out)
+    [finished] = [e for e in events if isinstance(e, Done) and e.job == 0]
+    assert finished.frames_reused == len(written_before), "the frames it had written were kept"
+    rewritten = [n for n, inode in written_before.items() if (out / n).stat().st_ino != inode]
+    assert not rewritten, f"written twice: {rewritten}"
+    assert not list(out.glob(".unsample-*.partial")), "no half frame left"
