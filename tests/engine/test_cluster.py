@@ -267,3 +267,34 @@ def test_a_strip_worker_killed_mid_strip_is_restarted_and_keeps_the_frames_it_wr
     rewritten = [n for n, inode in written_before.items() if (out / n).stat().st_ino != inode]
     assert not rewritten, f"written twice: {rewritten}"
     assert not list(out.glob(".unsample-*.partial")), "no half frame left"
+
+
+def test_a_cancel_reaches_the_window_workers_between_windows_not_after_their_shares(
+    cluster, tiny_spec, tmp_path, monkeypatch
+):
+    from blender_unsample.engine.cluster import run
+
+    pools = []
+    monkeypatch.setattr(run, "RemoteWindows", lambda *args: pools.append(RemoteWindows(*args)) or pools[-1])
+    write_clip(tmp_path / "frames", 40, size=(128, 96))  # 7 windows: shares of 4 and 3, each window slow
+    cancel, asked = threading.Event(), []
+
+    def cancel_mid_share():
+        share = pools[0].stats[-1].compute_seconds  # the busiest worker's whole share, just measured
+        time.sleep(share / 10)  # the next evaluation's shares have just been handed out
+        asked.append((time.perf_counter(), share))
+        cancel.set()
+
+    def watch(event):
+        if isinstance(event, Progress) and event.stage == "unsample" and event.step == 2 and event.window == 1:
+            threading.Thread(target=cancel_mid_share).start()
+
+    spec = light(tiny_spec, tmp_path / "frames", tmp_path / "out", steps=4)
+    with pytest.raises(Cancelled):
+        run_on_cluster([spec], "auto", 0, watch, cancel)
+    stopped = time.perf_counter()
+    [(cancelled_at, share)] = asked
+    took = stopped - cancelled_at
+    print(f"cancel took {took * 1000:.0f} ms; a worker's share of windows takes {share * 1000:.0f} ms")
+    assert took < 0.5 * share, f"the cancel waited for the workers' shares: {took:.2f} s, a share {share:.2f} s"
+    assert not frames_of(tmp_path / "out")

@@ -91,6 +91,7 @@ class WindowWorker:
         self.controlnet = components.controlnet is not None
         self.guidance: Guidance | None = None
         self.shared_keys: tuple[str, str] = ("", "")
+        self.stopping = threading.Event()  # set by stop(), on another of the actor's threads
 
     def denoise(
         self, shared: list[Any], windows: list[np.ndarray], sigma: float, frames: list[list[int]]
@@ -111,14 +112,20 @@ class WindowWorker:
             self.guidance, control = ray.get(pass_ref)
             self.unet.enabled = self.controlnet and control
         self.shared_keys = (pass_key, hints_key)
+        outputs = []
         with torch.inference_mode():
-            outputs = [
-                self.denoiser(torch.tensor(x, device=self.device), sigma, frames=window, guidance=self.guidance)
-                .cpu()
-                .numpy()
-                for x, window in zip(windows, frames, strict=True)
-            ]
+            for x, window in zip(windows, frames, strict=True):
+                if self.stopping.is_set():
+                    break  # the job was cancelled: the driver no longer waits for the rest of the share
+                denoised = self.denoiser(
+                    torch.tensor(x, device=self.device), sigma, frames=window, guidance=self.guidance
+                )
+                outputs.append(denoised.cpu().numpy())
         return outputs, time.perf_counter() - started, WORKER_ID
+
+    def stop(self) -> None:
+        """Stop between windows: the call in hand returns before its share is done, and none runs after."""
+        self.stopping.set()
 
 
 class StripWorker:

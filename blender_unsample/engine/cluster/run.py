@@ -74,11 +74,13 @@ def _run_windows(
     cancel: threading.Event,
 ) -> UnsampleError | None:
     remote = ray.remote(WindowWorker)
+    # Two threads: one evaluates windows, the other takes a stop request meanwhile.
     workers = [
-        remote.options(name=worker_name("window", i), **options).remote(spec.to_json(), threads) for i in range(count)
+        remote.options(name=worker_name("window", i), max_concurrency=2, **options).remote(spec.to_json(), threads)
+        for i in range(count)
     ]
     try:
-        restyle(spec, emit, cancel, window_pool=RemoteWindows(ray, workers))
+        restyle(spec, emit, cancel, window_pool=RemoteWindows(ray, workers, cancel))
     except UnsampleError as error:
         if error.code == ErrorCode.CANCELLED:
             raise

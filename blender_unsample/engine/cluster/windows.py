@@ -9,6 +9,7 @@ Only latents travel: a window of 16 SD 1.5 frames at 512 px is 1 MiB each way pe
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,9 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import cancelled
 from ..method.context import WindowEvaluator
 from ..method.denoisers import Conditioning, Guidance
 from .actors import worker_result
+
+CANCEL_POLL_SECONDS = 0.05  # how often a wait for the workers looks at the job's cancel
 
 
 @dataclasses.dataclass
@@ -39,9 +43,10 @@ class ExchangeStats:
 class RemoteWindows:
     """The window pool of a job (see ``job.pipeline.WindowPool``): its workers and what it shares."""
 
-    def __init__(self, ray: ModuleType, workers: list[Any]) -> None:
+    def __init__(self, ray: ModuleType, workers: list[Any], cancel: threading.Event | None = None) -> None:
         self.ray = ray
         self.workers = workers
+        self.cancel = cancel or threading.Event()
         self.stats: list[ExchangeStats] = []
         self._hints: tuple[int, str, Any] | None = None  # (id of the array, key, ref)
 
@@ -75,6 +80,7 @@ class RemoteWindows:
         busiest = 0.0
         shares: dict[str, int] = {}
         for call in calls:
+            self._wait(call)
             # A lost worker: Ray retried it as often as allowed.
             outputs, seconds, worker_id = worker_result(self.ray, call)
             busiest = max(busiest, seconds)
@@ -83,6 +89,15 @@ class RemoteWindows:
             yield from (torch.tensor(o) for o in outputs)  # a copy: what Ray hands over is read-only
         wall = time.perf_counter() - started
         self.stats.append(ExchangeStats(wall, busiest, sent, received, len(windows), x.shape[2], shares))
+
+    def _wait(self, call: Any) -> None:
+        """Until ``call`` is done; a cancel meanwhile stops every worker between two windows and
+        raises, without waiting for the rest of their shares."""
+        while not self.ray.wait([call], timeout=CANCEL_POLL_SECONDS)[0]:
+            if self.cancel.is_set():
+                for worker in self.workers:
+                    worker.stop.remote()
+                raise cancelled(self.cancel)
 
 
 def split_evenly(windows: list[list[int]], workers: int) -> list[list[list[int]]]:
