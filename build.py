@@ -155,6 +155,8 @@ TEST_RUNS: dict[str, tuple[str, ...]] = {
         f"{BLENDER}/test_reliability.py::test_a_changed_keyframe_is_an_edit",
         f"{BLENDER}/test_prompts.py::test_every_panel_draws_without_errors",
         f"{BLENDER}/test_worker_missing.py",
+        f"{BLENDER}/test_timeline_export.py",
+        f"{BLENDER}/test_timeline_jobs.py",
         f"{BLENDER}/test_cluster.py::test_an_unusable_cluster_address_greys_restyle_and_check_cluster_with_the_reason",
         f"{BLENDER}/test_cluster.py::test_a_batch_on_the_cluster_runs_on_one_worker_and_each_strip_is_added_as_it_lands",
     ),

@@ -6,15 +6,19 @@ MODULES = (preferences, properties, operators, panel, menus)
 
 
 def register() -> None:
+    from .runner import register_handlers
+
     for module in MODULES:
         module.register()
+    register_handlers()  # a job belongs to the file it started in: a file load stops it
 
 
 def unregister() -> None:
-    from .runner import RUNNER
+    from .runner import RUNNER, unregister_handlers
     from .worker_setup import cancel_running
 
-    RUNNER.cancel()  # no worker outlives the add-on
+    unregister_handlers()
+    RUNNER.shut_down()  # no worker outlives the add-on, and no job of it comes back when enabled again
     cancel_running()  # nor a worker set-up
     for module in reversed(MODULES):
         module.unregister()

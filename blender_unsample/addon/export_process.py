@@ -198,6 +198,9 @@ def main(job_file: str) -> None:
     try:
         job = json.loads(Path(job_file).read_text(encoding="utf-8"))
         bpy.ops.wm.open_mainfile(filepath=job["blend"], load_ui=False)
+        # A strip may start before frame 0; factory settings would clamp the playhead to 0 there.
+        # This Blender's own preferences, never saved.
+        bpy.context.preferences.edit.use_negative_frames = True
         scene = bpy.data.scenes[job["scene"]]
         strip = top_level_strips(scene.sequence_editor)[job["strip"]]
         frames = range(*job["frames"])

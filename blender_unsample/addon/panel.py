@@ -10,12 +10,13 @@ import bpy
 
 from ..engine.protocol import MODEL_FILE_SUFFIXES
 from . import cluster, runner
+from .operators.batch import checkpoint_problem
 from .operators.setup_worker import setup_problem
 from .paths import cache_usage
 from .preferences import ADDON_ID
 from .properties import processing_size
-from .runner import RUNNER, latent_cache_folder, preferences, worker_python
-from .strips import restylable_reason, strips_to_restyle
+from .runner import RUNNER, latent_cache_folder, preferences, strip_problem, worker_python
+from .strips import strips_to_restyle
 from .worker import worker_report
 
 ACTIVE = {"EXPORTING", "RUNNING"}
@@ -70,18 +71,22 @@ class SEQUENCER_PT_unsample(_SidebarPanel, bpy.types.Panel):
         scene = context.scene
         settings = scene.unsample
         strips = strips_to_restyle(scene)
-        usable = [s for s in strips if restylable_reason(s) is None]
+        reasons = [strip_problem(scene, s) for s in strips]
+        usable = [s for s, reason in zip(strips, reasons, strict=True) if reason is None]
+        width = context.region.width if context.region else 300
 
         if not strips:
             layout.label(text="Select strips to restyle", icon="INFO")
         elif len(strips) == 1:
-            reason = restylable_reason(strips[0])
-            _wrapped(layout, reason or strips[0].name, context.region.width, "ERROR" if reason else "SEQUENCE")
+            _wrapped(layout, reasons[0] or strips[0].name, width, "ERROR" if reasons[0] else "SEQUENCE")
         else:
             layout.label(text=f"{len(usable)} of {len(strips)} selected strips can be restyled", icon="SEQUENCE")
 
         draw_worker_problem(layout, context)
-        draw_prompts(layout, settings, context.region.width if context.region else 300)
+        draw_prompts(layout, settings, width)
+        checkpoint = checkpoint_problem(settings)
+        if checkpoint:  # said here, not only in the grey button's tooltip
+            _wrapped(layout, checkpoint, width, "ERROR")
         row = layout.row(align=True)
         row.scale_y = 1.5
         label = "Restyle" if len(usable) < 2 else f"Restyle {len(usable)} Strips"

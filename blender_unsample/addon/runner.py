@@ -14,8 +14,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,14 @@ from .export_process import ExportProcess, JobError, failure_text
 from .paths import new_run_folder, strip_folder
 from .preferences import ADDON_ID, GPU_MEMORY_OPTIONS
 from .properties import job_spec, processing_size
-from .strips import StripRef, add_result_strip, remove_previews, restylable_reason, select_only
+from .strips import (
+    StripRef,
+    add_result_strip,
+    channel_problem,
+    remove_previews,
+    restylable_reason,
+    select_only,
+)
 from .worker import Worker
 
 EVENTS_PER_TICK = 200
@@ -37,6 +46,14 @@ CANCEL_GRACE = 10.0  # seconds a cancelled worker gets before it is killed
 CLUSTER_CANCEL_GRACE = 30.0  # a worker on a cluster also stops its cluster workers (and a local Ray)
 EXPORT_SHARE = 0.05  # of a strip's progress bar
 # One for each of the worker's stages, protocol.STAGES (tests/engine/test_shared_facts.py checks).
+# A worker's errors that its settings caused (a checkpoint that is not there, the wrong family): Resume
+# runs the job file's settings again, so only fixing the setting and restyling helps.
+SETTINGS_ERRORS = {
+    ErrorCode.MODEL_NOT_FOUND.value,
+    ErrorCode.MODEL_INVALID.value,
+    ErrorCode.MODEL_MISMATCH.value,
+    ErrorCode.BAD_SETTINGS.value,
+}
 STAGE_TEXT = {
     "load": "Loading models",
     "download": "Downloading models (files)",
@@ -86,6 +103,9 @@ class Runner:
     Cluster on, are exported one after another and then run at once (one worker for them all)."""
 
     def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
         self.queue: collections.deque[StripJob] = collections.deque()
         self.current: StripJob | None = None
         self.parked: list[StripJob] = []  # exported, waiting for the batch's other strips (Cluster on)
@@ -97,6 +117,10 @@ class Runner:
         self.longest_tick = 0.0
         self.batch_size = 0
         self.cancelled = False
+        # A file's failed or cancelled strips and its job box (status, message) while another file is
+        # open, by the file's path: opening it again offers their Resume there, and nowhere else.
+        self.left: dict[str, tuple[str, str, list[StripJob]]] = {}
+        self.stopped_by_load = ""  # what the job box says once the file has loaded: the batch it stopped
 
     @property
     def busy(self) -> bool:
@@ -109,7 +133,7 @@ class Runner:
         root = cache_root()
         jobs = []
         for strip in strips:  # all job folders first: if one cannot be made, nothing is queued
-            frames = _frames_to_restyle(scene, strip, preview)
+            frames = frames_to_restyle(scene, strip, preview)
             folder = strip_folder(root, bpy.data.filepath, scene.name, strip.name)
             run_dir = new_run_folder(folder, "preview" if preview else "restyle")
             jobs.append(StripJob(StripRef.of(scene, strip), frames, preview, run_dir))
@@ -157,6 +181,73 @@ class Runner:
         else:
             self._finish(job, False, "cancelled")
 
+    def abandon(self, why: str) -> list[StripJob]:
+        """Stop the batch now, for good, where no tick may come again to finish a cancel (another
+        file is being opened, the add-on is being disabled): the export is stopped, each worker is
+        told to stop and killed on a thread if it has not after its grace, nothing more is added.
+        Returns the strips stopped, each with the outcome "cancelled because ``why``"; their folders
+        are kept, and they can be resumed."""
+        stopped = []
+        if self.cluster_batch is not None:
+            batch, self.cluster_batch = self.cluster_batch, None
+            stopped += [batch.jobs[index] for index in sorted(batch.open)]
+            _stop_in_background(batch.worker, CLUSTER_CANCEL_GRACE)
+        job, self.current = self.current, None
+        if job is not None:
+            if job.exporter is not None:
+                job.exporter.close()
+                job.exporter = None
+            if job.worker is not None:
+                _stop_in_background(job.worker, CLUSTER_CANCEL_GRACE if self._cluster_for(job) else CANCEL_GRACE)
+                job.worker = None
+            stopped.append(job)
+        stopped += [*self.parked, *self.queue]
+        self.parked.clear()
+        self.queue.clear()
+        for job in stopped:
+            self.outcomes.append(Outcome(job.ref.name, False, f"cancelled because {why}"))
+        self.resumable.extend(stopped)
+        self.cancelled = self.cancelled or bool(stopped)
+        return stopped
+
+    def file_loading(self, new_path: str) -> None:
+        """Another file (or this one, again) is about to replace the data the batch works on: a job
+        belongs to the file it started in, so it stops here, its folder kept, and its Resume waits
+        until that file is open again (one never saved cannot be opened again)."""
+        old = bpy.data.filepath
+        again = bool(old and new_path) and Path(new_path).resolve() == Path(old).resolve()
+        why = "the file was opened again" if again else "another file was opened"
+        stopped = self.abandon(why)
+        status, message = _job_box()
+        if stopped:
+            status, message = "CANCELLED", _stopped_text(stopped, why, "" if again else old)
+            print(f"Unsample: {message}")  # the operator that would report it went with the old file
+        if old and self.resumable:
+            self.left[old] = (status, message, self.resumable)
+        self.stopped_by_load = message if stopped else ""
+        self.outcomes, self.added, self.resumable, self.batch_size = [], [], [], 0
+
+    def file_loaded(self) -> None:
+        """The new file is open: its job box shows the batch the load stopped, or its own last batch
+        (with Resume) if it was open earlier in this session, or nothing."""
+        path = bpy.data.filepath
+        status, message, self.resumable = self.left.pop(path, ("IDLE", "", [])) if path else ("IDLE", "", [])
+        if self.stopped_by_load:
+            status, message = "CANCELLED", self.stopped_by_load
+        self.stopped_by_load = ""
+        state = _state_if_any()
+        if state is not None:
+            state.status, state.message, state.stage, state.log_tail = status, message, "", ""
+
+    def shut_down(self) -> None:
+        """The add-on is being disabled: stop the batch and forget it, so that nothing of it comes
+        back once the add-on is enabled again (its folders stay on disk)."""
+        self.abandon("the add-on was disabled")
+        self._clear()
+        state = _state_if_any()
+        if state is not None:
+            state.status, state.message, state.stage, state.log_tail = "IDLE", "", "", ""
+
     def tick(self) -> bool:
         """Move the batch on by one short step of main-thread work; False once it is over."""
         started = time.perf_counter()
@@ -196,6 +287,11 @@ class Runner:
             scene, strip = job.ref.find()
         except LookupError as error:
             raise JobError(f"{error} before its turn: nothing was restyled") from error
+        placement = channel_problem(scene, strip, job.frames)  # checked before the work, not after it
+        if placement and job.resume:
+            raise JobError(f"{placement}, then press Resume. Nothing was added; the styled frames are in {job.out_dir}")
+        if placement:
+            raise JobError(f"{placement}. Nothing was restyled")
         job.done, job.error, job.warnings, job.cancel_sent_at = None, None, [], None
         exported = sorted(job.frames_dir.glob("frame_*.png"))
         job_file = job.run_dir / "job.json"
@@ -286,7 +382,8 @@ class Runner:
         elif job.done is not None and worker.exit_code == 0:
             self._import(job)
         else:
-            self._finish(job, False, failure_message(job.error or worker.failure()))
+            error = job.error or worker.failure()
+            self._finish(job, False, failure_message(error), resumable=error.code not in SETTINGS_ERRORS)
 
     def _apply(self, job: StripJob, event: object) -> None:
         state = _state()
@@ -317,6 +414,11 @@ class Runner:
             where = f"nothing was added; the styled frames are in {job.out_dir}"
             self._finish(job, False, f"{error} while it was being restyled: {where}")
             return
+        placement = channel_problem(scene, source, job.frames)  # the timeline changed during the job
+        if placement:
+            where = f"Nothing was added; the styled frames are in {job.out_dir}"
+            self._finish(job, False, f"{placement}, then press Resume. {where}")
+            return
         edited = job.ref.edited(source)
         remove_previews(scene, job.ref.name)
         remove_previews(scene, source.name)  # renamed meanwhile
@@ -338,14 +440,14 @@ class Runner:
             )
         self._finish(job, True, message, warning=edited)
 
-    def _finish(self, job: StripJob, ok: bool, message: str, warning: bool = False) -> None:
+    def _finish(self, job: StripJob, ok: bool, message: str, warning: bool = False, resumable: bool = True) -> None:
         if job.exporter is not None:
             job.exporter.close()
             job.exporter = None
         if job.worker is not None:
             job.worker.kill()
             job.worker = None
-        if not ok:
+        if not ok and resumable:
             self.resumable.append(job)  # its folder is kept: Resume runs it again there
         self.outcomes.append(Outcome(job.ref.name, ok, message, warning))
         _state().message = f"{job.ref.name}: {message}"
@@ -404,7 +506,10 @@ class Runner:
             self._finish(job, False, _describe(error))
 
     def _cluster_failed(self, job: StripJob, error: ErrorEvent | None) -> None:
-        self._finish(job, False, "cancelled" if error is None else failure_message(error))
+        if error is None:
+            self._finish(job, False, "cancelled")
+        else:
+            self._finish(job, False, failure_message(error), resumable=error.code not in SETTINGS_ERRORS)
 
     def _end_batch(self) -> None:
         state = _state()
@@ -442,6 +547,11 @@ def failure_message(error: ErrorEvent) -> str:
     }.get(error.code, "")
     if error.code == ErrorCode.WORKER_SETUP.value:
         where = setup_hint(error.message)
+    elif error.code in SETTINGS_ERRORS:
+        where = (
+            " (fix the setting it names in the Unsample panel or the add-on's preferences, then press Restyle: "
+            "Resume would run the same settings again)"
+        )
     return f"{error.message}{where} [{error.code}]"
 
 
@@ -467,12 +577,56 @@ def _state() -> bpy.types.PropertyGroup:
     return bpy.context.window_manager.unsample
 
 
+def _state_if_any() -> bpy.types.PropertyGroup | None:
+    """The job state, or None where there is no window manager to hold it (Blender quitting, say)."""
+    manager = bpy.context.window_manager
+    return getattr(manager, "unsample", None) if manager else None
+
+
+def _job_box() -> tuple[str, str]:
+    """The job box's status and message now."""
+    state = _state_if_any()
+    return (state.status, state.message) if state is not None else ("IDLE", "")
+
+
+def _stopped_text(stopped: list[StripJob], why: str, blend: str) -> str:
+    """The job box's words for strips that a file load stopped; ``blend``, the file to open again to
+    resume them, if another."""
+    names = f"'{stopped[0].ref.name}'" + (f" and {len(stopped) - 1} more strips" if len(stopped) > 1 else "")
+    text = f"{names}: cancelled because {why}: nothing was added; the job folder is kept: {stopped[0].run_dir}"
+    return text + (f" (open {Path(blend).name} again to Resume)" if blend else "")
+
+
+def _stop_in_background(worker: Worker, grace: float) -> None:
+    """Tell ``worker`` to stop and kill it if it has not after ``grace`` seconds, on a thread: no tick
+    comes to do it once the file is gone or the add-on is off, and the main thread must not wait."""
+    worker.cancel()
+
+    def kill_after_grace() -> None:
+        try:
+            worker.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+    threading.Thread(target=kill_after_grace, name="unsample-stop-worker", daemon=True).start()
+
+
 def _push_undo(message: str) -> None:
     with contextlib.suppress(RuntimeError):  # no undo stack (background mode): nothing to record
         bpy.ops.ed.undo_push(message=message)
 
 
-def _frames_to_restyle(scene: bpy.types.Scene, strip: bpy.types.Sequence, preview: bool) -> range:
+def strip_problem(scene: bpy.types.Scene, strip: bpy.types.Sequence | None, preview: bool = False) -> str | None:
+    """Why ``strip`` cannot be restyled now, for the greyed-out button, the panel and a batch's
+    warning: it has no pixels or media, or its result would find no channel above it."""
+    problem = restylable_reason(strip)
+    if problem:
+        return problem
+    return channel_problem(scene, strip, frames_to_restyle(scene, strip, preview))
+
+
+def frames_to_restyle(scene: bpy.types.Scene, strip: bpy.types.Sequence, preview: bool) -> range:
+    """The scene frames a restyle (or a preview) of ``strip`` covers."""
     start, end = strip.frame_final_start, strip.frame_final_end
     if not (preview or scene.unsample.frame_range == "PLAYHEAD"):
         return range(start, end)
@@ -532,3 +686,33 @@ def latent_cache_folder() -> Path:
 
 
 RUNNER = Runner()
+
+
+@bpy.app.handlers.persistent
+def _on_load_pre(filepath: str = "", *_args: object) -> None:
+    RUNNER.file_loading(filepath if isinstance(filepath, str) else "")
+
+
+@bpy.app.handlers.persistent
+def _on_load_post(*_args: object) -> None:
+    RUNNER.file_loaded()
+
+
+# A failed load leaves the old file open: its job box and Resume come back as after any load.
+_HANDLERS = (("load_pre", _on_load_pre), ("load_post", _on_load_post), ("load_post_fail", _on_load_post))
+
+
+def register_handlers() -> None:
+    """Persistent: they must outlive every file load they are there for."""
+    unregister_handlers()
+    for event, handler in _HANDLERS:
+        if hasattr(bpy.app.handlers, event):
+            getattr(bpy.app.handlers, event).append(handler)
+
+
+def unregister_handlers() -> None:
+    for event, handler in _HANDLERS:
+        handlers = getattr(bpy.app.handlers, event, [])
+        # By name too: a reloaded module's handlers are other function objects.
+        for registered in [h for h in handlers if (h.__module__, h.__name__) == (handler.__module__, handler.__name__)]:
+            handlers.remove(registered)

@@ -125,13 +125,58 @@ def strips_to_restyle(scene: bpy.types.Scene) -> list[bpy.types.Sequence]:
     return sorted(selected, key=lambda s: (s.frame_final_start, s.channel))
 
 
-def free_channel_above(editor: bpy.types.SequenceEditor, channel: int, start: int, end: int) -> int:
-    """The lowest channel above ``channel`` with nothing between frames ``start`` and ``end``."""
-    taken = {s.channel for s in top_level_strips(editor) if s.frame_final_start < end and s.frame_final_end > start}
+def free_channel_above(
+    editor: bpy.types.SequenceEditor, channel: int, start: int, end: int, ignore: frozenset[str] = frozenset()
+) -> int:
+    """The lowest channel above ``channel``, neither locked nor muted, with nothing on it from frame
+    ``start`` up to ``end`` (not included, as ``frame_final_end``); strips named in ``ignore`` do not
+    count. Else LookupError, in words."""
+    channel_found = _free_channel(editor, channel, start, end, ignore)
+    if channel_found is None:
+        last = end - 1
+        raise LookupError(f"no free channel above channel {channel} for frames {start}-{last}")
+    return channel_found
+
+
+def _free_channel(
+    editor: bpy.types.SequenceEditor, channel: int, start: int, end: int, ignore: frozenset[str]
+) -> int | None:
+    taken = {
+        s.channel
+        for s in top_level_strips(editor)
+        if s.name not in ignore and s.frame_final_start < end and s.frame_final_end > start
+    }
     for candidate in range(channel + 1, MAX_CHANNEL + 1):
-        if candidate not in taken:
+        # A strip put in a locked channel could not be moved or deleted until the channel is unlocked;
+        # in a muted one it would not be seen.
+        if candidate not in taken and not editor.channels[candidate].lock and not editor.channels[candidate].mute:
             return candidate
-    raise LookupError(f"no free channel above {channel} for frames {start}-{end}")
+    return None
+
+
+def channel_problem(scene: bpy.types.Scene, strip: bpy.types.Sequence, frames: range) -> str | None:
+    """Why no styled strip of ``strip``'s ``frames`` would find a channel above it, and what to do,
+    or None. Its own preview strips do not count: the result replaces them."""
+    editor = scene.sequence_editor
+    previews = frozenset(
+        s.name for s in top_level_strips(editor) if s.get(PREVIEW_TAG) and s.get(RESULT_TAG) == strip.name
+    )
+    if _free_channel(editor, strip.channel, frames.start, frames.stop, previews) is not None:
+        return None
+    if strip.channel >= MAX_CHANNEL:
+        last = f"'{strip.name}' is on channel {MAX_CHANNEL}, the last"
+        return f"{last}: no channel above it can take the styled strip; move it down"
+    above = range(strip.channel + 1, MAX_CHANNEL + 1)
+    kinds = ["taken"]
+    kinds += ["locked"] if any(editor.channels[c].lock for c in above) else []
+    kinds += ["muted"] if any(editor.channels[c].mute for c in above) else []
+    fix = {"locked": "unlock", "muted": "unmute"}
+    why = " or ".join(kinds)
+    how = "free" + "".join(f" or {fix[kind]}" for kind in kinds[1:])
+    return (
+        f"'{strip.name}' has no free channel above it over frames {frames.start}-{frames.stop - 1} "
+        f"(channels {above.start}-{MAX_CHANNEL} are {why}); {how} one"
+    )
 
 
 def add_result_strip(
@@ -143,7 +188,10 @@ def add_result_strip(
     preview: bool = False,
 ) -> bpy.types.Sequence:
     """An image strip of ``frames`` from frame ``start`` on the first free channel above
-    ``source``. The source strip is not touched."""
+    ``source``, blending with the channels below as ``source`` does. The source strip is not
+    touched."""
+    from .compat import copy_animation, remove_animation
+
     editor = scene.sequence_editor
     channel = free_channel_above(editor, source.channel, start, start + len(frames))
     suffix = "Unsample preview" if preview else "Unsample"
@@ -152,10 +200,19 @@ def add_result_strip(
         filepath=str(frames[0]),
         channel=channel,
         frame_start=start,
-        fit_method="FIT",
+        # Each frame is the whole output frame with the source's transform and crop already in
+        # it: stretched back over the whole frame, not fitted (which can leave a seam) or moved.
+        fit_method="STRETCH",
     )
     for frame in frames[1:]:
         strip.elements.append(frame.name)
+    # Drivers of a deleted strip of the same name outlive it and would drive this one.
+    remove_animation(scene, strip.path_from_id())
+    # The frames carry the source's alpha but not its blend mode or opacity (the export renders
+    # it alone at Alpha Over 1.0): the result applies them, keyframes and drivers included.
+    for name in ("blend_type", "blend_alpha"):
+        setattr(strip, name, getattr(source, name))
+        copy_animation(scene, source.path_from_id(name), strip.path_from_id(name))
     strip[RESULT_TAG] = source.name
     strip[SETTINGS_TAG] = settings_json
     if preview:

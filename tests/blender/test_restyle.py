@@ -216,16 +216,17 @@ def test_undo_removes_the_styled_strip_and_keeps_the_source(image_strip):
 
 def test_a_failing_worker_is_reported_with_its_reason_and_adds_nothing(image_strip, tmp_path):
     scene = bpy.context.scene
-    scene.unsample.checkpoint = str(tmp_path / "no-such-model")
+    # A Hub id not in the cache: a path that does not exist would grey Restyle before any job.
+    scene.unsample.checkpoint = "unsample-tests/no-such-model"
     before = snapshot(scene)
-    with pytest.raises(RuntimeError, match="no-such-model does not exist"):  # scripts see the error
+    with pytest.raises(RuntimeError, match="no-such-model is not in the Hugging Face cache"):  # scripts see it
         bpy.ops.sequencer.unsample_restyle()
     state = bpy.context.window_manager.unsample
     assert state.status == "FAILED"
-    assert "no-such-model does not exist [model_not_found]" in state.message
+    assert "then press Restyle: Resume would run the same settings again) [model_not_found]" in state.message
     assert snapshot(scene) == before and not styled_strips(scene)
     [run] = (tmp_path / "cache").glob("jobs/*/runs/*")
-    assert (run / "job.json").is_file() and (run / "frames" / "frame_000000.png").is_file(), "kept for a resume"
+    assert (run / "job.json").is_file() and (run / "frames" / "frame_000000.png").is_file(), "the job folder is kept"
 
 
 def test_model_names_are_found_in_the_models_folder_preference(addon, tiny_models):

@@ -2,6 +2,7 @@
 
 import bpy
 
+from .batch import stop_driving
 from .cancel import SEQUENCER_OT_unsample_cancel
 from .check_cluster import SEQUENCER_OT_unsample_check_cluster, unregister_timer
 from .clear_cache import SEQUENCER_OT_unsample_clear_cache
@@ -30,4 +31,5 @@ register, _unregister_classes = bpy.utils.register_classes_factory(classes)
 
 def unregister() -> None:
     unregister_timer()
+    stop_driving()
     _unregister_classes()

@@ -7,17 +7,24 @@ None of them starts a job on a worker Python that is known to lack its packages:
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
+from pathlib import Path
 
 import bpy
 
+from ...engine.protocol import MODEL_FILE_SUFFIXES
 from ..cluster import cluster_problem
+from ..properties import _model_path
 from ..runner import RUNNER, preferences, worker_python
 from ..strips import has_strips
 from ..worker import settled_worker_report, worker_report
 from .setup_worker import setup_problem
 
 TIMER_INTERVAL = 0.1
+# What the worker takes for a Hugging Face id rather than a path (engine/models/components.py).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def missing_text(names: list[str]) -> str:
@@ -50,11 +57,39 @@ def worker_problem(settled: bool = False) -> str | None:
     return f"{text}. Set Up Worker is grey: {grey}" if grey else text
 
 
+def checkpoint_problem(settings: bpy.types.PropertyGroup) -> str | None:
+    """Why the checkpoint setting cannot load: a local file or folder that is not there (as the job
+    would name it: relative to the .blend, or in the Models Folder). A Hugging Face id ("org/name")
+    is not a path: whether it is in the cache, or may be downloaded, only the worker can say."""
+    prefs = preferences()
+    value = _model_path(settings.checkpoint, prefs.models_folder if prefs else "")
+    if not value or Path(value).expanduser().exists():
+        return None
+    if HUB_ID.match(value) and not value.lower().endswith(MODEL_FILE_SUFFIXES):
+        return None
+    # The path first: a script sees the message cut at 200 characters (bpy.ops' poll error).
+    return (
+        f"The checkpoint {value} does not exist: in the Models sub-panel choose a model file or folder, a Hugging "
+        "Face id, or nothing for the default"
+    )
+
+
+def stop_driving() -> None:
+    """Forget the modal operator that moved the batch on (the add-on is being disabled, which frees it
+    without its cancel): the next Restyle drives its own batch, and its timer goes too."""
+    timer, BatchOperator._driver_timer = BatchOperator._driver_timer, None
+    if timer is not None:
+        with contextlib.suppress(ReferenceError, RuntimeError, ValueError, AttributeError):
+            bpy.context.window_manager.event_timer_remove(timer)
+    BatchOperator._driving = False
+
+
 class BatchOperator:
     """Mixin for operators that queue strips on the runner. Subclasses pick the strips."""
 
     preview = False
     _driving = False  # a modal operator is already moving the batch forward
+    _driver_timer = None  # its timer, for stop_driving
     _timer = None
 
     @classmethod
@@ -74,6 +109,9 @@ class BatchOperator:
             return problem
         if not scene.unsample.prompt.strip():
             return "Type a style prompt first"
+        problem = checkpoint_problem(scene.unsample)
+        if problem:
+            return problem
         prefs = preferences()
         if prefs is None or cls.preview:  # a preview is one context window: it runs on the worker alone
             return None
@@ -119,6 +157,7 @@ class BatchOperator:
             return {"FINISHED"}
         BatchOperator._driving = True
         self._timer = context.window_manager.event_timer_add(TIMER_INTERVAL, window=context.window)
+        BatchOperator._driver_timer = self._timer
         context.window_manager.modal_handler_add(self)
         return {"RUNNING_MODAL"}
 
@@ -131,16 +170,17 @@ class BatchOperator:
         if RUNNER.tick():
             return {"PASS_THROUGH"}
         context.window_manager.event_timer_remove(self._timer)
-        BatchOperator._driving = False
+        BatchOperator._driving, BatchOperator._driver_timer = False, None
         self._report_outcomes()
         return {"FINISHED"}
 
     def cancel(self, context: bpy.types.Context) -> None:
-        # Blender is closing the window or quitting while the batch runs.
-        RUNNER.cancel()
+        # Blender is closing the window or quitting while the batch runs: no tick will come again to
+        # finish an ordinary cancel, so the workers are stopped for good and the strips kept for Resume.
+        RUNNER.abandon("its window was closed")
         if self._timer is not None:
             context.window_manager.event_timer_remove(self._timer)
-        BatchOperator._driving = False
+        BatchOperator._driving, BatchOperator._driver_timer = False, None
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         if self.refused() or not self.enqueue(context):

@@ -1,7 +1,6 @@
 import bpy
 
-from ..runner import RUNNER
-from ..strips import restylable_reason
+from ..runner import RUNNER, strip_problem
 from .batch import BatchOperator
 
 
@@ -18,7 +17,7 @@ class SEQUENCER_OT_unsample_preview(BatchOperator, bpy.types.Operator):
     def strip_problem(cls, scene: bpy.types.Scene) -> str | None:
         if RUNNER.busy:
             return "A restyle is running: cancel it or wait for it to finish"
-        return restylable_reason(scene.sequence_editor.active_strip)
+        return strip_problem(scene, scene.sequence_editor.active_strip, preview=True)
 
     def strips(self, context: bpy.types.Context) -> list:
         return [context.scene.sequence_editor.active_strip]

@@ -1,6 +1,7 @@
 import bpy
 
-from ..strips import restylable_reason, strips_to_restyle
+from ..runner import strip_problem
+from ..strips import strips_to_restyle
 from .batch import BatchOperator
 
 
@@ -16,13 +17,20 @@ class SEQUENCER_OT_unsample_restyle(BatchOperator, bpy.types.Operator):
         strips = strips_to_restyle(scene)
         if not strips:
             return "Select a movie, image, scene or meta strip"
-        reasons = [r for r in map(restylable_reason, strips) if r]
-        return reasons[0] if len(reasons) == len(strips) else None
+        first = None
+        for strip in strips:  # one strip that can be restyled is enough: poll runs on every redraw
+            reason = strip_problem(scene, strip)
+            if reason is None:
+                return None
+            first = first or reason
+        return first
 
     def strips(self, context: bpy.types.Context) -> list:
-        strips = strips_to_restyle(context.scene)
-        for strip in strips:
-            reason = restylable_reason(strip)
+        chosen = []
+        for strip in strips_to_restyle(context.scene):
+            reason = strip_problem(context.scene, strip)
             if reason:
                 self.report({"WARNING"}, f"Skipped: {reason}")
-        return [s for s in strips if restylable_reason(s) is None]
+            else:
+                chosen.append(strip)
+        return chosen
