@@ -45,7 +45,6 @@ EVENTS_PER_TICK = 200
 CANCEL_GRACE = 10.0  # seconds a cancelled worker gets before it is killed
 CLUSTER_CANCEL_GRACE = 30.0  # a worker on a cluster also stops its cluster workers (and a local Ray)
 EXPORT_SHARE = 0.05  # of a strip's progress bar
-# One for each of the worker's stages, protocol.STAGES (tests/engine/test_shared_facts.py checks).
 # A worker's errors that its settings caused (a checkpoint that is not there, the wrong family): Resume
 # runs the job file's settings again, so only fixing the setting and restyling helps.
 SETTINGS_ERRORS = {
@@ -54,6 +53,7 @@ SETTINGS_ERRORS = {
     ErrorCode.MODEL_MISMATCH.value,
     ErrorCode.BAD_SETTINGS.value,
 }
+# One for each of the worker's stages, protocol.STAGES (tests/engine/test_shared_facts.py checks).
 STAGE_TEXT = {
     "load": "Loading models",
     "download": "Downloading models (files)",
