@@ -4,7 +4,7 @@ Memory does not depend on the weights' values, so the models are figure 7's conf
 random weights (nothing downloaded): the SD 1.5 UNet and the AnimateDiff v2 motion module, joined as
 the engine joins them (``UNetMotionModel.from_unet2d``, engine/models/components.py). Each case, in
 a fresh process of its own (``--case``), builds them in fp32, casts to the case's dtype and makes
-one guided call on one context window, twice: figure 7's ``guided_call``, as denoisers.py makes it
+one guided call on one context window, four times: figure 7's ``guided_call``, as denoisers.py makes it
 (CFG: a batch of two, one prompt state per frame, fp32 output and guidance), without a ControlNet.
 Measured:
 
@@ -15,7 +15,8 @@ Measured:
   memory events, which see inside each kernel: oneDNN's scratch, the attention kernel's buffers),
   from the call's start; the CPU's counterpart of ``torch.cuda.max_memory_allocated``, and what
   figure 7 estimates (the profiler's own buffers would swell the first call's resident memory);
-* the wall time of the faster of the two calls.
+* the wall time of every call but the profiled one: the first and two more (three in all), reported as
+  their median (min–max).
 
 Figure 7's estimate is its own model run at each case's settings: the weights counted on the meta
 device, plus the peak of live tensor bytes of the same ``guided_call`` on the meta device
@@ -32,6 +33,7 @@ import contextlib
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -42,7 +44,7 @@ from typing import Any
 
 import fig7_vram as fig7
 import torch
-from report import Figure, machine
+from report import REPEATS, Figure, machine, spread
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
@@ -175,7 +177,13 @@ def run_case(case: Case) -> dict[str, Any]:
         seconds = call()
     rss_peak = _status("VmHWM") if reset else 0
     gc.collect()
-    # 2. The same call again under the profiler, which records every allocation (its own event buffers
+    # 2. More calls alone, so that the time is a median of three (the first one also builds oneDNN's kernels).
+    call_seconds = [seconds]
+    with torch.inference_mode():
+        while len(call_seconds) < REPEATS:
+            call_seconds.append(call())
+            gc.collect()
+    # 3. The same call again under the profiler, which records every allocation (its own event buffers
     # would swell the resident memory of call 1).
     with (
         module_spans(unet),
@@ -195,6 +203,7 @@ def run_case(case: Case) -> dict[str, Any]:
         "rss_before_bytes": rss_before,
         "rss_peak_increase_bytes": rss_peak - rss_before if reset else None,
         "seconds": round(seconds, 2),
+        "call_seconds": [round(s, 2) for s in call_seconds],
         "profiled_call_seconds": round(profiled_seconds, 2),
         "build_seconds": round(built, 1),
         "threads": torch.get_num_threads(),
@@ -241,11 +250,13 @@ def fp16_flags() -> list[str]:
 
 def fp16_probe() -> dict[str, Any]:
     """Seconds of one 3×3 convolution, 320 → 320 channels on a 32² map (the UNet's first level at 256 px),
-    and of one linear layer of the same size, in each dtype: why fp16 is not measured on this CPU."""
+    and of one linear layer of the same size, in each dtype, the median of three (all three under "runs"):
+    why fp16 is not measured on this CPU."""
     import torch.nn.functional as F
 
     torch.manual_seed(0)
     seconds: dict[str, Any] = {"cpu_fp16_flags": fp16_flags()}
+    runs: dict[str, list[float]] = {}
     for name in ("float32", "bfloat16", "float16"):
         dtype = getattr(torch, name)
         x, w = torch.randn(1, 320, 32, 32, dtype=dtype), torch.randn(320, 320, 3, 3, dtype=dtype) / 60
@@ -254,10 +265,14 @@ def fp16_probe() -> dict[str, Any]:
             for op, run in (("conv", F.conv2d), ("linear", F.linear)):
                 args = (x, w, None, 1, 1) if op == "conv" else (tokens, lw)
                 run(*args)  # the first call picks and builds its kernel
-                clock = time.perf_counter()
-                run(*args)
-                seconds[f"{op}_{name}"] = time.perf_counter() - clock
-    return seconds
+                times = []
+                for _ in range(REPEATS):
+                    clock = time.perf_counter()
+                    run(*args)
+                    times.append(time.perf_counter() - clock)
+                seconds[f"{op}_{name}"] = statistics.median(times)
+                runs[f"{op}_{name}"] = times
+    return seconds | {"runs": runs}
 
 
 # --- the figure --------------------------------------------------------------------------------------
@@ -303,7 +318,24 @@ def figure(results: list[dict[str, Any]], probe: dict[str, Any], seconds: float,
         target=f"figure 7's activation estimate within {TOLERANCE:.0%} of the CPU allocator's peak",
         verdict=verdict(results),
         notes=notes(results, probe, seconds),
-        raw={"cases": results, "fp16_probe_seconds": probe, "seconds": round(seconds, 1), "machine": info},
+        raw={
+            "cases": results,
+            "fp16_probe_seconds": probe,
+            "seconds": round(seconds, 1),
+            "machine": info,
+            "how": how_run(results),
+        },
+    )
+
+
+def how_run(results: list[dict[str, Any]]) -> str:
+    """How the figure was measured, in words, from the measurements themselves."""
+    cases = [Case(**r["case"]) for r in results]
+    mode = "full" if set(cases) == set(FULL) else "quick" if set(cases) == set(QUICK) else "partial"
+    loads = [r["measured"]["load_average_at_start"] for r in results if "measured" in r]
+    return (
+        f"the {mode} run of fig10_fullsize.measure(): {len(cases)} case(s) one after another, each in a fresh "
+        "process" + (f"; load average {_span(loads, '.1f')} as each case's first call started" if loads else "")
     )
 
 
@@ -329,8 +361,11 @@ def table_row(case: Case, row: dict[str, Any]) -> list[Any]:
     ]  # fmt: skip
 
 
-def seconds_per_call(measured: dict[str, Any]) -> float:
-    """The faster of a case's two calls: on a shared machine, the one less slowed by others."""
+def seconds_per_call(measured: dict[str, Any]) -> float | str:
+    """The unprofiled calls' median (min–max); a measurement made before they were repeated (one unprofiled
+    call and the profiled one) gives the faster of its two, as it was reported then."""
+    if len(measured.get("call_seconds", [])) >= REPEATS:
+        return spread(measured["call_seconds"], ".1f")
     return min(measured["seconds"], measured["profiled_call_seconds"])
 
 
@@ -399,16 +434,33 @@ def notes(results: list[dict[str, Any]], probe: dict[str, Any], seconds: float) 
     if measured:
         loads = [r["measured"]["load_average_at_start"] for r in measured]
         builds = [r["measured"]["build_seconds"] for r in measured]
-        ratios = [r["measured"]["profiled_call_seconds"] / r["measured"]["seconds"] for r in measured]
+        repeated = all(len(r["measured"].get("call_seconds", [])) >= REPEATS for r in measured)
+        ratios = [
+            r["measured"]["profiled_call_seconds"]
+            / statistics.median(r["measured"].get("call_seconds") or [r["measured"]["seconds"]])
+            for r in measured
+        ]
+        how = (
+            f"the median (min–max) of the case's {REPEATS} calls without the profiler (the first of them also "
+            "builds oneDNN's kernels)"
+            if repeated
+            else "the faster of the case's two calls (the first alone, the second under the profiler)"
+        )
         out.append(
-            f"Seconds per call: one call's wall time on {measured[0]['measured']['threads']} threads, the faster of "
-            f"the case's two (the first alone, the second under the profiler; the second took {_span(ratios, '.2f')}× "
-            f"the first's time). The machine is shared (load average {_span(loads, '.1f')} as the first calls "
-            "started), so times can move by tens of percent. Building the models took "
-            f"{_span(builds, '.0f')} s a case."
+            f"Seconds per call: one call's wall time on {measured[0]['measured']['threads']} threads, {how}; the "
+            f"profiled call took {_span(ratios, '.2f')}× that. The machine is shared (load average "
+            f"{_span(loads, '.1f')} as the first calls started), so times can move by tens of percent. Building the "
+            f"models took {_span(builds, '.0f')} s a case, once (not a timed result)."
         )
     ratio_conv = probe["conv_float16"] / probe["conv_bfloat16"]
     ratio_linear = probe["linear_float16"] / probe["linear_bfloat16"]
+    runs = probe.get("runs", {})
+
+    def probe_time(key: str, scale: float, spec: str) -> str:  # median (min–max) where the runs are kept
+        if key in runs:
+            return spread([scale * t for t in runs[key]], spec)
+        return format(scale * probe[key], spec)
+
     out.append(
         "fp16 is not measured: "
         + (
@@ -417,10 +469,11 @@ def notes(results: list[dict[str, Any]], probe: dict[str, Any], seconds: float) 
             else "this CPU has no fp16 arithmetic (no avx512_fp16 or amx_fp16 flag), and "
         )
         + "PyTorch's CPU convolution in fp16 takes a slow path: one 3×3 convolution 320 → 320 on a 32² map took "
-        f"{probe['conv_float16']:.2f} s in fp16, {probe['conv_bfloat16'] * 1000:.1f} ms in bf16 "
-        f"({ratio_conv:.0f}×) and {probe['conv_float32'] * 1000:.1f} ms in fp32; a linear layer of that size "
-        f"{ratio_linear:.0f}× bf16's: at such ratios one UNet call would take hours. fp16 tensors are the size "
-        "of bf16 ones: the bf16 rows stand for fp16's memory."
+        f"{probe_time('conv_float16', 1, '.2f')} s in fp16, {probe_time('conv_bfloat16', 1000, '.1f')} ms in bf16 "
+        f"({ratio_conv:.0f}× at the medians) and {probe_time('conv_float32', 1000, '.1f')} ms in fp32; a linear "
+        f"layer of that size {ratio_linear:.0f}× bf16's: at such ratios one UNet call would take hours. fp16 "
+        "tensors are the size of bf16 ones: the bf16 rows stand for fp16's memory."
+        + (f" Each probe time: median (min–max) of {REPEATS} runs after one untimed." if runs else "")
     )
     out.append(f"Measured in {seconds / 60:.1f} minutes, cases one after another.")
     return out

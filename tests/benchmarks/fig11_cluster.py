@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from jobs import ROOT, build_tiny_models, job_spec, write_clip
-from report import Figure
+from report import REPEATS, Figure, spread, summary
 
 from blender_unsample.engine.method.context import ContextWindowDenoiser, context_windows
 from blender_unsample.engine.method.denoisers import Conditioning, Guidance
@@ -40,6 +40,11 @@ STEPS, CONTEXT, OVERLAP = 16, 16, 4  # the job defaults; unsampling refines each
 EVALUATIONS = STEPS * 3  # unsample (2 model evaluations a step with refinement) + resample (1)
 LATENTS = {"SD1.5 512 px": 64, "SDXL 1024 px": 128}  # latent side
 WORKERS = (1, 2, 4, 8)
+HEADERS = [
+    "model", "GPU (throughput assumed)", "exchange ms, 64 frames (measured)", "fusion ms, 64 frames (measured)",
+    "one window's UNet + ControlNet s (computed: FLOPs ÷ assumed throughput)",
+    *(f"speed-up on {n} GPUs (computed)" for n in WORKERS[1:]),
+]  # fmt: skip
 
 
 class EchoWorker:
@@ -54,31 +59,36 @@ def measure(quick: bool, scratch: Path) -> Figure:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        exchange = {name: exchange_cost(ray, side, repeats=3 if quick else 10) for name, side in LATENTS.items()}
+        exchange = {name: exchange_cost(ray, side, repeats=REPEATS if quick else 10) for name, side in LATENTS.items()}
     finally:
         ray.shutdown()
-    fusion = {name: fusion_cost(side, repeats=3 if quick else 10) for name, side in LATENTS.items()}
+    fusion_runs = {name: fusion_cost(side, repeats=REPEATS if quick else 10) for name, side in LATENTS.items()}
+    fusion = {name: statistics.median(times) for name, times in fusion_runs.items()}
     work = model_work()
-    runs = command_line_runs(scratch, frames=16 if quick else 40)
+    runs = command_line_runs(scratch, frames=16 if quick else 40, rounds=REPEATS if quick else 5)
 
     rows = []
     for name in LATENTS:
         for gpu, tflops in THROUGHPUTS.items():
-            speedups = projected_speedups(work[name], exchange[name], fusion[name], tflops)
-            rows.append([name, gpu, *(f"{s:.2f}x" for s in speedups["one machine"])])
-            rows.append([name, f"{gpu}, machines on {NETWORK_GBIT} GbE", *(f"{s:.2f}x" for s in speedups["network"])])
+            speedups = computed_speedups(work[name], exchange[name], fusion[name], tflops)
+            measured = [spread(exchange[name]["runs_ms"], ".1f"), spread(fusion_runs[name], ".1f")]
+            window = f"{work[name]['window_tflop'] / tflops:.2f}"
+            rows.append([name, gpu, *measured, window, *(f"{s:.2f}x" for s in speedups["one machine"][1:])])
+            rows.append([name, f"{gpu}, machines on {NETWORK_GBIT} GbE", *measured, window,
+                         *(f"{s:.2f}x" for s in speedups["network"][1:])])  # fmt: skip
     sd15 = exchange["SD1.5 512 px"]
     windows = len(context_windows(CLIP_FRAMES, CONTEXT, OVERLAP))
     notes = [
         f"Exchange, measured: one model evaluation over a {exchange['SD1.5 512 px']['frames']}-frame clip in windows "
         f"of {CONTEXT} overlapping by {OVERLAP} ({sd15['windows']} windows) sent to 2 local workers and back: "
         + "; ".join(
-            f"{name} {e['ms']:.1f} ms for {e['bytes'] / 2**20:.1f} MiB ({e['ms_per_frame']:.2f} ms a frame)"
+            f"{name} {spread(e['runs_ms'], '.1f')} ms for {e['bytes'] / 2**20:.1f} MiB "
+            f"({e['ms_per_frame']:.2f} ms a frame at the median)"
             for name, e in exchange.items()
         )
         + ". The driver's fusion of those windows: "
-        + "; ".join(f"{name} {ms:.1f} ms" for name, ms in fusion.items())
-        + ".",
+        + "; ".join(f"{name} {spread(times, '.1f')} ms" for name, times in fusion_runs.items())
+        + f". Median (min–max) of {len(fusion_runs[next(iter(LATENTS))])} runs each.",
         "Model work, counted on the meta device (FLOPs of figure 7's fp16 models): "
         + "; ".join(
             f"{name}: UNet + ControlNet {w['window_tflop']:.1f} TFLOP a window of {CONTEXT} frames (CFG batch of 2), "
@@ -86,11 +96,13 @@ def measure(quick: bool, scratch: Path) -> Figure:
             for name, w in work.items()
         )
         + ".",
-        f"Projection (Amdahl): a {CLIP_FRAMES}-frame clip, {STEPS} steps ({EVALUATIONS} evaluations of every window "
-        f"with refinement), {len(context_windows(CLIP_FRAMES, CONTEXT, OVERLAP))} windows. Parallel: the windows, "
-        "ceil(windows / N) per worker per evaluation. Serial, on the driver: the VAE over every frame, the fusion, "
-        "and the exchange (measured here on one machine; across machines the bytes over the network added). "
-        "Model loading is left out (every worker loads its models at the same time as the driver). Columns: N workers.",
+        f"Speed-up, computed (Amdahl): a {CLIP_FRAMES}-frame clip, {STEPS} steps ({EVALUATIONS} evaluations of "
+        f"every window with refinement), {len(context_windows(CLIP_FRAMES, CONTEXT, OVERLAP))} windows. Parallel: "
+        "the windows, ceil(windows / N) per worker per evaluation. Serial, on the driver: the VAE over every "
+        "frame, the fusion, and the exchange (measured here on one machine; across machines the bytes over the "
+        "network added). Model loading is left out (every worker loads its models at the same time as the "
+        "driver). The exchange and fusion measured for 64 frames are scaled to the clip's frames, at their "
+        "medians.",
         "Against the UNet: "
         + "; ".join(
             f"{name}, the exchange of a window's {CONTEXT} frames ({exchange[name]['ms_per_frame'] * CONTEXT:.0f} ms) "
@@ -103,29 +115,44 @@ def measure(quick: bool, scratch: Path) -> Figure:
         "The GPU times are FLOPs over an assumed throughput, not measurements: a faster GPU makes the windows "
         "cheaper against the serial work, so its speed-up is lower. On one multi-GPU machine the latents also cross "
         "PCIe to and from each GPU (1 MiB a 16-frame SD 1.5 window: ~0.1 ms at 10 GB/s), left out.",
-        "Command line on this machine's 2 cores, tiny models: "
-        + "; ".join(f"{r['how']} {r['seconds']:.1f} s{' (same frames)' if r.get('same') else ''}" for r in runs)
+        f"Command line on this machine's 2 cores, tiny models, {len(runs[0]['seconds'])} rounds, median "
+        "(min–max): "
+        + "; ".join(
+            f"{r['how']} {spread(r['seconds'], '.1f')} s"
+            + ("" if "same" not in r else " (same frames)" if all(r["same"]) else " (FRAMES DIFFER)")
+            for r in runs
+        )
         + ". Two CPU workers share the same 2 cores and the driver, so they cannot be faster here; this run "
         "shows the cluster path end to end and that its frames equal the one-process run's.",
     ]
-    speedups_sd15 = projected_speedups(work["SD1.5 512 px"], sd15, fusion["SD1.5 512 px"], 30.0)["one machine"]
+    speedups_sd15 = computed_speedups(work["SD1.5 512 px"], sd15, fusion["SD1.5 512 px"], 30.0)["one machine"]
     return Figure(
         number=11,
         title="A Ray cluster: exchange cost and speed-up",
         question=(
             "When one long strip's context windows are shared among N GPUs at every step, what does moving the "
-            "latents cost, and how much faster is the job? Speed-up over one GPU, projected from measured exchange "
-            "costs and counted model work (no GPU ran this)."
+            "latents cost, and how much faster is the job? No GPU ran this. Measured here, on the CPU: the exchange "
+            "of one model evaluation's windows through a local Ray and the driver's fusion of them. Computed: a "
+            "window's UNet + ControlNet time (its FLOPs, counted on the meta device, over the GPU throughput "
+            "assumed in the second column) and from it, with the measured exchange and fusion, the job's speed-up "
+            "on N GPUs over one (Amdahl, see the notes)."
         ),
-        headers=["model", "where", *(f"{n} GPU{'s' if n > 1 else ''}" for n in WORKERS)],
+        headers=HEADERS,
         rows=rows,
         verdict=(
-            f"on paper: SD 1.5 512 px on {WORKERS[-1]} GPUs of 30 TFLOP/s {speedups_sd15[-1]:.1f}x; the exchange is "
-            f"{sd15['ms']:.0f} ms an evaluation against {work['SD1.5 512 px']['window_tflop'] / 30 * 1000:.0f} ms "
-            "for one window's UNet"
+            f"computed, no GPU ran it: SD 1.5 512 px on {WORKERS[-1]} GPUs of an assumed 30 TFLOP/s "
+            f"{speedups_sd15[-1]:.1f}x; the exchange, measured here, is {spread(sd15['runs_ms'], '.0f')} ms an "
+            f"evaluation (64 frames) against {work['SD1.5 512 px']['window_tflop'] / 30 * 1000:.0f} ms computed for "
+            "one window's UNet"
         ),
         notes=notes,
-        raw={"exchange": exchange, "fusion_ms": fusion, "work": work, "command_line": runs},
+        raw={
+            "exchange": exchange,
+            "fusion_ms": fusion,
+            "fusion_ms_runs": {name: summary(times) for name, times in fusion_runs.items()},
+            "work": work,
+            "command_line": runs,
+        },
     )
 
 
@@ -152,6 +179,7 @@ def exchange_cost(ray: Any, side: int, repeats: int) -> dict[str, float]:
         ray.kill(worker)
     return {
         "ms": ms,
+        "runs_ms": [t * 1000 for t in times],
         "ms_per_frame": ms / frames,
         "bytes": stats.bytes_sent + stats.bytes_received,
         "frames": frames,
@@ -159,8 +187,8 @@ def exchange_cost(ray: Any, side: int, repeats: int) -> dict[str, float]:
     }
 
 
-def fusion_cost(side: int, repeats: int) -> float:
-    """Milliseconds the driver spends fusing one evaluation's windows (64 frames), outputs given."""
+def fusion_cost(side: int, repeats: int) -> list[float]:
+    """Milliseconds the driver spends fusing one evaluation's windows (64 frames), outputs given, each run."""
     frames = 64
     windows = context_windows(frames, CONTEXT, OVERLAP)
     x = torch.randn(1, 4, frames, side, side)
@@ -171,7 +199,7 @@ def fusion_cost(side: int, repeats: int) -> float:
         started = time.perf_counter()
         model(x, 1.0)
         times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+    return [t * 1000 for t in times]
 
 
 def model_work() -> dict[str, dict[str, float]]:
@@ -194,7 +222,7 @@ def model_work() -> dict[str, dict[str, float]]:
     return work
 
 
-def projected_speedups(
+def computed_speedups(
     work: dict[str, float], exchange: dict[str, float], fusion_ms: float, tflops: float
 ) -> dict[str, list[float]]:
     """Job time on one GPU over job time on N, for each N in WORKERS, on one machine and across machines."""
@@ -215,36 +243,48 @@ def projected_speedups(
     return result
 
 
-def command_line_runs(scratch: Path, frames: int) -> list[dict[str, Any]]:
-    """The worker's command line on the tiny models: alone, then on a local Ray with 1 and 2 CPU workers."""
+def command_line_runs(scratch: Path, frames: int, rounds: int) -> list[dict[str, Any]]:
+    """The worker's command line on the tiny models: alone, then on a local Ray with 1 and 2 CPU workers,
+    ``rounds`` times each, each round starting with another of the three; every run's frames are compared
+    with the first one-process run's."""
     models = build_tiny_models(scratch / "models")
     clip = scratch / "clip"
     write_clip(clip, frames)
-    runs = []
-    reference = None
-    for how, flags in (("one process", []), ("cluster, 1 worker", ["--cluster", "auto", "--cluster-workers", "1"]),
-                       ("cluster, 2 workers", ["--cluster", "auto", "--cluster-workers", "2"])):  # fmt: skip
-        out = scratch / f"out-{len(runs)}"
-        spec = job_spec(models, clip, out, steps=3, context=8, overlap=2, cache_dir="")
-        job = scratch / f"job-{len(runs)}.json"
-        job.write_text(spec.to_json())
-        started = time.perf_counter()
-        result = subprocess.run(
-            [sys.executable, "-m", "blender_unsample.engine", "restyle", "--job", str(job), "--no-cache",
-             "--progress", "none", *flags],
-            cwd=ROOT, capture_output=True, text=True,
-        )  # fmt: skip
-        seconds = time.perf_counter() - started
-        if result.returncode:
-            raise RuntimeError(f"{how} failed: {result.stderr[-2000:]}")
-        frames_out = [np.asarray(_image(p)) for p in sorted(out.glob("*.png"))]
-        run: dict[str, Any] = {"how": how, "seconds": seconds, "frames": len(frames_out)}
-        if reference is None:
-            reference = frames_out
-        else:
-            run["same"] = all(np.array_equal(a, b) for a, b in zip(reference, frames_out, strict=True))
-        runs.append(run)
-    return runs
+    ways = [("one process", []), ("cluster, 1 worker", ["--cluster", "auto", "--cluster-workers", "1"]),
+            ("cluster, 2 workers", ["--cluster", "auto", "--cluster-workers", "2"])]  # fmt: skip
+    runs: dict[str, dict[str, Any]] = {how: {"how": how, "seconds": [], "outputs": []} for how, _ in ways}
+    for number in range(rounds):
+        for how, flags in ways[number % 3 :] + ways[: number % 3]:
+            out = scratch / f"out-{number}-{ways.index((how, flags))}"
+            spec = job_spec(models, clip, out, steps=3, context=8, overlap=2, cache_dir="")
+            job = out.with_suffix(".json")
+            job.write_text(spec.to_json())
+            started = time.perf_counter()
+            result = subprocess.run(
+                [sys.executable, "-m", "blender_unsample.engine", "restyle", "--job", str(job), "--no-cache",
+                 "--progress", "none", *flags],
+                cwd=ROOT, capture_output=True, text=True,
+            )  # fmt: skip
+            seconds = time.perf_counter() - started
+            if result.returncode:
+                raise RuntimeError(f"{how} failed: {result.stderr[-2000:]}")
+            runs[how]["seconds"].append(seconds)
+            runs[how]["outputs"].append(out)
+    reference = _frames(runs["one process"]["outputs"][0])
+    for run in runs.values():
+        outputs = run.pop("outputs")
+        run["frames"] = len(reference)
+        if run["how"] != "one process":
+            run["same"] = [_same(reference, _frames(out)) for out in outputs]
+    return list(runs.values())
+
+
+def _frames(folder: Path) -> list[np.ndarray]:
+    return [np.asarray(_image(p)) for p in sorted(folder.glob("*.png"))]
+
+
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _image(path: Path) -> Any:

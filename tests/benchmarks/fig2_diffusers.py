@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from jobs import build_tiny_models, write_clip
 from PIL import Image
-from report import Figure
+from report import REPEATS, Figure, spread
 
 from blender_unsample.engine.job.control import ControlledUNet
 from blender_unsample.engine.job.prompts import encode_prompt
@@ -264,11 +264,13 @@ def _compare(shared: Shared, clock: UNetClock, scratch: Path, size: int, pairs: 
     for pair in range(pairs):
         for side in ("ours", "theirs") if pair % 2 == 0 else ("theirs", "ours"):
             runs[side].append(sides[side](clock))
-    ratios = [a.ms_per_call / b.ms_per_call for a, b in zip(runs["ours"], runs["theirs"], strict=True)]
+    pairs_run = list(zip(runs["ours"], runs["theirs"], strict=True))
+    ratios = [a.ms_per_call / b.ms_per_call for a, b in pairs_run]
     # The UNet does the same work on both sides (same module, same inputs): pooling its time and
-    # adding each side's own time around it gives the ratio without the UNet's timing noise.
+    # adding each side's own time around it, pair by pair, gives the ratio without the UNet's timing noise.
     unet_ms = statistics.median(1000 * r.inside / r.calls for r in runs["ours"] + runs["theirs"])
     around = {side: statistics.median(r.outside_ms_per_call for r in side_runs) for side, side_runs in runs.items()}
+    equal = [(unet_ms + a.outside_ms_per_call) / (unet_ms + b.outside_ms_per_call) for a, b in pairs_run]
     return {
         "size": size,
         "windows": len(ours.windows),
@@ -276,18 +278,21 @@ def _compare(shared: Shared, clock: UNetClock, scratch: Path, size: int, pairs: 
         "agreement": agreement,
         "dtype_reads_per_call": {"ours": our_reads[0] / mine.calls, "theirs": their_reads[0] / peer.calls},
         "unet_modules": sum(1 for _ in shared.unet.modules()),
-        "dtype_read_ms": 1000 * min(timeit.repeat(lambda: shared.unet.dtype, number=20, repeat=5)) / 20,
+        "dtype_read_ms_runs": [1000 * t / 20 for t in timeit.repeat(lambda: shared.unet.dtype, number=20, repeat=5)],
         "warmup_shapes": {"ours": mine.shapes, "theirs": peer.shapes},
         "latent_shapes": {"ours": list(runs["ours"][0].latents.shape), "theirs": list(runs["theirs"][0].latents.shape)},
         "ratio": statistics.median(ratios),
-        "equal_unet_ratio": (unet_ms + around["ours"]) / (unet_ms + around["theirs"]),
+        "equal_unet_ratio": statistics.median(equal),
         "unet_ms": unet_ms,
         "pair_ratios": ratios,
+        "pair_equal_unet_ratios": equal,
         **{
             side: {
                 "calls": sorted({r.calls for r in side_runs}),
                 "ms_per_call": statistics.median(r.ms_per_call for r in side_runs),
+                "ms_per_call_runs": [r.ms_per_call for r in side_runs],
                 "outside_ms_per_call": around[side],
+                "outside_ms_per_call_runs": [r.outside_ms_per_call for r in side_runs],
                 "inside_ms_per_call": statistics.median(1000 * r.inside / r.calls for r in side_runs),
                 "seconds": [r.seconds for r in side_runs],
                 "inside": [r.inside for r in side_runs],
@@ -301,7 +306,7 @@ def measure(quick: bool, scratch: Path) -> Figure:
     shared = _load(scratch)
     clock = UNetClock(shared.unet)
     sizes = [64] if quick else [64, 128]
-    pairs = 3 if quick else 7
+    pairs = REPEATS if quick else 7
     # One thread: on a shared, busy machine torch's worker threads wait on each other at every op
     # (a 100 ms call measured 0.2-3 s with 2 threads on 2 loaded cores); both sides get the same.
     threads = torch.get_num_threads()
@@ -319,12 +324,12 @@ def measure(quick: bool, scratch: Path) -> Figure:
             [
                 f"{FRAMES} frames, {r['size']}x{r['size']} px",
                 f"{'/'.join(map(str, ours['calls']))} / {'/'.join(map(str, theirs['calls']))}",
-                round(ours["ms_per_call"], 1),
-                round(theirs["ms_per_call"], 1),
-                round(r["ratio"], 3),
-                round(ours["outside_ms_per_call"], 2),
-                round(theirs["outside_ms_per_call"], 2),
-                round(r["equal_unet_ratio"], 3),
+                spread(ours["ms_per_call_runs"], ".1f"),
+                spread(theirs["ms_per_call_runs"], ".1f"),
+                spread(r["pair_ratios"], ".3f"),
+                spread(ours["outside_ms_per_call_runs"], ".2f"),
+                spread(theirs["outside_ms_per_call_runs"], ".2f"),
+                spread(r["pair_equal_unet_ratios"], ".3f"),
             ]
         )
     # The deciding number: the ratio at equal UNet time. The UNet's own time wanders by 10 % and
@@ -332,9 +337,12 @@ def measure(quick: bool, scratch: Path) -> Figure:
     worst = max(results, key=lambda r: r["equal_unet_ratio"])
     ratio = worst["equal_unet_ratio"]
     # Repeated runs of the same code differ by about 1 % here: closer than that is a tie.
-    verdict = f"{'met' if ratio <= 1.0 else 'even' if ratio <= 1.01 else 'missed'}: {ratio:.3f}x at equal UNet time"
+    verdict = (
+        f"{'met' if ratio <= 1.0 else 'even' if ratio <= 1.01 else 'missed'}: "
+        f"{spread(worst['pair_equal_unet_ratios'], '.3f', 'x')} at equal UNet time"
+    )
     where = f", {worst['size']} px, the worse size" if len(results) > 1 else ""
-    verdict += f" (on the clock {worst['ratio']:.3f}x{where})"
+    verdict += f" (on the clock {spread(worst['pair_ratios'], '.3f', 'x')}{where}); medians over {pairs} pairs"
     return Figure(
         number=2,
         title="Against the peer: diffusers' AnimateDiff video-to-video",
@@ -346,12 +354,12 @@ def measure(quick: bool, scratch: Path) -> Figure:
         headers=[
             "clip",
             "UNet calls per run (ours / theirs)",
-            "ours ms per call",
+            "ours ms per call, median (min–max)",
             "theirs ms per call",
-            "ours / theirs on the clock",
+            "ours / theirs on the clock, per pair",
             "ours: ms per call outside the UNet",
             "theirs: ms per call outside the UNet",
-            "ours / theirs at equal UNet time",
+            "ours / theirs at equal UNet time, per pair",
         ],
         rows=rows,
         target="no slower per UNet call than diffusers (ours / theirs <= 1.0)",
@@ -378,14 +386,16 @@ def _notes(results: list[dict[str, Any]], pairs: int) -> list[str]:
         "prompt encoding come before that, untimed.",
         "The same module objects on both sides (asserted). 'Outside the UNet' is the timed loop less the time "
         "inside the UNet's forward (hooks on the shared UNet), per call: what each side's own loop costs. "
-        "'At equal UNet time' adds each side's outside time to the median UNet time of all runs of both sides: "
+        "'At equal UNet time' adds each side's outside time, pair by pair, to the median UNet time of all runs of "
+        "both sides: "
         "the UNet does the same work on both (same module, same input shapes, the same result), so this is the "
         "comparison without the UNet's timing noise, which on 2 busy shared cores is larger than the difference "
         "measured. It decides the verdict.",
         f"Interleaved: {pairs} pairs per size after an untimed warm-up pair, alternating which side goes first; "
-        "ms per call are medians, 'on the clock' is the median of the per-pair ratios "
-        f"({', '.join(f'{x:.3f}' for x in first['pair_ratios'])} at {first['size']} px). Run with one torch "
-        "thread (restored afterwards), so that other work on the shared cores cannot stall torch's threads.",
+        "every column is the median (min–max) over the pairs, the ratios taken within each pair "
+        f"(on the clock {', '.join(f'{x:.3f}' for x in first['pair_ratios'])} at {first['size']} px). Run with "
+        "one torch thread (restored afterwards), so that other work on the shared cores cannot stall torch's "
+        "threads.",
     ]
     problems = []
     for r in results:
@@ -413,13 +423,14 @@ def _notes(results: list[dict[str, Any]], pairs: int) -> list[str]:
     reads = first["dtype_reads_per_call"]
     extra = reads["ours"] - reads["theirs"]
     if extra > 0:
-        cost = extra * first["dtype_read_ms"]
+        read_ms = first["dtype_read_ms_runs"]
+        cost = extra * statistics.median(read_ms)
         notes.append(
             f"Why ours costs more outside the UNet: per UNet call our loop reads the UNet's `dtype` "
             f"{reads['ours']:g} times, theirs {reads['theirs']:g} (the UNet's own forward reads it once). "
             "diffusers' `ModelMixin.dtype` is no attribute: `get_parameter_dtype` walks every submodule looking for "
-            f"casting hooks, {first['dtype_read_ms']:.2f} ms a read timed alone here (more in the loop, with the "
-            f"caches cold after the UNet), so at least {cost:.1f} ms of our "
+            f"casting hooks, {spread(read_ms, '.2f')} ms a read timed alone here (5 runs of 20 reads; more in the "
+            f"loop, with the caches cold after the UNet), so about {cost:.1f} ms (at the median) of our "
             f"{first['ours']['outside_ms_per_call']:.1f} ms per call; a real-size SD 1.5 motion UNet has about three "
             f"times the submodules (1,348 against {first['unet_modules']}). The reads are in `UNetDenoiser._denoise` "
             "(engine/denoisers.py), through `ControlledUNet.dtype`: the input cast, the prompt-states cast and "

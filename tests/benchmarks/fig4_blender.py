@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from report import Figure
+from report import REPEATS, Figure, spread
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = "blender_unsample"
@@ -52,9 +52,10 @@ class Plan:
     import_repeats: int
     small_job_frames: int
     hd_job_frames: int
+    job_repeats: int  # of each job, ticks summarised per job
 
 
-PLANS = {True: Plan(24, 3, 3, 8, 8), False: Plan(96, 5, 5, 8, 16)}
+PLANS = {True: Plan(24, REPEATS, REPEATS, 8, 8, REPEATS), False: Plan(96, 5, 5, 8, 16, 5)}
 
 
 # --- the runner's side: no bpy, no torch ---------------------------------------------------------------------
@@ -113,6 +114,15 @@ def _result(stdout: str) -> dict[str, Any]:
     return json.loads(lines[-1][len(MARKER) :])
 
 
+def _ticks_row(blender: str, text: str, jobs: list[dict], phase: str) -> list[Any]:
+    """A tick row over repeated jobs: each statistic taken per job, then its median (min–max)."""
+    ticks = [job["phases"][phase] for job in jobs]
+    total = spread([job["wall_ms"] for job in jobs], ",.0f") if phase == "all" else ""
+    return [blender, text, jobs[0]["frames"], total, "",
+            spread([t["longest_ms"] for t in ticks], ".3g"), spread([t["median_ms"] for t in ticks], ".3g"),
+            spread([t["p99_ms"] for t in ticks], ".3g"), spread([t["count"] for t in ticks], ".0f")]  # fmt: skip
+
+
 def _figure(plan: Plan, movie: dict, runs: dict[str, Any], problems: list[str], seconds: float) -> Figure:
     n = plan.frames
     rows: list[list[Any]] = []
@@ -120,75 +130,81 @@ def _figure(plan: Plan, movie: dict, runs: dict[str, Any], problems: list[str], 
     for label, run in runs.items():
         blender = f"{label} ({run['blender']})"
         for key, name in (("small_job", "small job"), ("hd_job", "1080p job")):
-            job = run[key]
+            jobs = run[key]
+            job = jobs[0]
             title = f"ticks, {name} ({job['frames']} frames, {job['export_size'][0]}×{job['export_size'][1]} export)"
             for phase, text in (("all", title), ("export", "· export phase"), ("worker", "· worker phase")):
-                ticks = job["phases"][phase]
-                total = job["wall_ms"] if phase == "all" else ""
-                rows.append(
-                    [blender, text, job["frames"], total, "", ticks["longest_ms"], ticks["median_ms"], ticks["p99_ms"],
-                     ticks["count"]]
-                )  # fmt: skip
-            import_tick = job["phases"]["import"]["longest_ms"]
-            rows.append([blender, "· import tick", job["frames"], "", "", import_tick, "", "", 1])
-            where = max(("export", "worker", "import"), key=lambda p: job["phases"][p]["longest_ms"])
-            longest = job["phases"]["all"]["longest_ms"]
-            if longest > worst[0]:
-                worst = (longest, f"Blender {label}, {name}, {where} phase")
+                rows.append(_ticks_row(blender, text, jobs, phase))
+            imports = [j["phases"]["import"]["longest_ms"] for j in jobs]
+            rows.append([blender, "· import tick", job["frames"], "", "", spread(imports, ".3g"), "", "", 1])
+            for job in jobs:  # the verdict: the longest tick of every job run
+                longest = job["phases"]["all"]["longest_ms"]
+                if longest > worst[0]:
+                    where = max(("export", "worker", "import"), key=lambda p, j=job: j["phases"][p]["longest_ms"])
+                    worst = (longest, f"Blender {label}, {name}, {where} phase")
         process, ours, theirs = run["export"]["process"], run["export"]["ours"], run["export"]["blender"]
         calls = process["main_thread"]
-        rows.append([blender, "export, ours (export process): wall time", n, process["total_ms"],
-                     process["total_ms"] / n, "", "", "", ""])  # fmt: skip
+        rows.append([blender, "export, ours (export process): wall time", n, spread(process["totals_ms"], ",.0f"),
+                     spread([t / n for t in process["totals_ms"]], ".3g"), "", "", "", ""])  # fmt: skip
         rows.append(
             [blender, "· its main-thread calls (write the scene, start; then polls)", n,
-             process["main_thread_total_ms"], "", calls["longest_ms"], calls["median_ms"], calls["p99_ms"],
-             calls["count"]]
+             spread(process["main_thread_totals_ms"], ".3g"), "", calls["longest_ms"], calls["median_ms"],
+             calls["p99_ms"], calls["count"]]
         )  # fmt: skip
         rows.append(
-            [blender, "export in this Blender, a frame per render (FrameExporter alone)", n, ours["total_ms"],
-             ours["total_ms"] / n, ours["longest_ms"], ours["median_ms"], ours["p99_ms"], n]
+            [blender, "export in this Blender, a frame per render (FrameExporter alone)", n,
+             spread(ours["totals_ms"], ",.0f"), spread([t / n for t in ours["totals_ms"]], ".3g"), ours["longest_ms"],
+             ours["median_ms"], ours["p99_ms"], n * len(ours["totals_ms"])]
         )  # fmt: skip
         rows.append(
-            [blender, "export, Blender (one animation render)", n, theirs["total_ms"], theirs["total_ms"] / n,
-             theirs["longest_ms"], theirs["median_ms"], theirs["p99_ms"], n]
+            [blender, "export, Blender (one animation render)", n, spread(theirs["totals_ms"], ",.0f"),
+             spread([t / n for t in theirs["totals_ms"]], ".3g"), theirs["longest_ms"], theirs["median_ms"],
+             theirs["p99_ms"], n * len(theirs["totals_ms"])]
         )  # fmt: skip
-        ratio = process["total_ms"] / theirs["total_ms"]
-        rows.append([blender, "export process ÷ animation render (wall)", n, f"{ratio:.2f}×", "", "", "", "", ""])
+        ratios = [a / b for a, b in zip(process["totals_ms"], theirs["totals_ms"], strict=True)]
+        rows.append([blender, "export process ÷ animation render (wall, within each round)", n,
+                     spread(ratios, ".2f", "×"), "", "", "", "", ""])  # fmt: skip
         for key, text in (("runner", "import, runner._import"), ("add_strip", "import, add_result_strip alone")):
             cost = run["import"][key]
             rows.append(
-                [blender, text, n, cost["median_ms"], cost["median_ms"] / n, cost["longest_ms"], cost["median_ms"], "",
-                 cost["count"]]
+                [blender, text, n, spread(cost["all_ms"], ".3g"), spread([t / n for t in cost["all_ms"]], ".3g"),
+                 cost["longest_ms"], cost["median_ms"], "", cost["count"]]
             )  # fmt: skip
     verdict = "not measured"
     if runs:
         met = worst[0] <= LIMIT_MS
         verdict = (
-            f"{'met' if met else 'missed'}: the longest main-thread tick was {worst[0]:.0f} ms ({worst[1]}), "
-            f"{'within' if met else 'over'} the {LIMIT_MS:.0f} ms line"
+            f"{'met' if met else 'missed'}: the longest main-thread tick of all {plan.job_repeats} runs of each job "
+            f"was {worst[0]:.0f} ms ({worst[1]}), {'within' if met else 'over'} the {LIMIT_MS:.0f} ms line"
         )
 
+        def over_jobs(value: Callable[[dict[str, Any]], float], spec: str) -> Callable[[dict[str, Any]], str]:
+            return lambda run: spread([value(job) for job in run["hd_job"]], spec)
+
         verdict += (
-            ". 1080p job: export-phase ticks at most "
-            + _each(runs, lambda run: run["hd_job"]["phases"]["export"]["longest_ms"], 1)
+            ". Median (min–max) over the runs, 1080p job: export-phase ticks at most "
+            + _each(runs, over_jobs(lambda job: job["phases"]["export"]["longest_ms"], ".1f"))
             + " (median "
-            + _each(runs, lambda run: run["hd_job"]["phases"]["export"]["median_ms"], 2)
+            + _each(runs, over_jobs(lambda job: job["phases"]["export"]["median_ms"], ".2f"))
             + "); the frames render in the export process, whose wall time for "
             + f"{n} 1080p frames was "
-            + _each(runs, lambda run: run["export"]["process"]["total_ms"])
+            + _each(runs, lambda run: spread(run["export"]["process"]["totals_ms"], ".0f"))
             + " against one animation render's "
-            + _each(runs, lambda run: run["export"]["blender"]["total_ms"])
+            + _each(runs, lambda run: spread(run["export"]["blender"]["totals_ms"], ".0f"))
             + "; worker phase at most "
-            + _each(runs, lambda run: run["hd_job"]["phases"]["worker"]["longest_ms"], 1)
+            + _each(runs, over_jobs(lambda job: job["phases"]["worker"]["longest_ms"], ".1f"))
             + "; import tick "
-            + _each(runs, lambda run: run["hd_job"]["phases"]["import"]["longest_ms"])
+            + _each(runs, over_jobs(lambda job: job["phases"]["import"]["longest_ms"], ".1f"))
         )
     notes = [
         f"Jobs: the add-on enabled in Blender (bpy), tiny random-weight SD 1.5 models on the CPU, steps 2, context "
         f"8, overlap 2. Driven as the modal operator does: RUNNER.enqueue(), then RUNNER.tick() with a "
         f"{TICK_SLEEP * 1000:.0f} ms sleep between ticks (the operator's timer fires every 0.1 s, so it makes "
         "about a tenth as many ticks; the longest tick is the same). A tick's time is the call to RUNNER.tick() "
-        "alone; enqueue() is counted as one more export-phase tick (it is the operator's invoke).",
+        "alone; enqueue() is counted as one more export-phase tick (it is the operator's invoke). Each job runs "
+        f"{plan.job_repeats} times on the same strip (the unsample cache emptied before each, so every run does "
+        "the same work); a tick row gives each statistic's median (min–max) over the runs, each taken within "
+        "a run.",
         f"Small job: an image strip of {plan.small_job_frames} PNG frames of {SMALL[0]}×{SMALL[1]} (the tests' "
         f"size), custom resolution {SMALL_PROCESSING[0]}×{SMALL_PROCESSING[1]}.",
         f"1080p job: a movie strip of the 1920×1080 H.264 clip below, trimmed to its first {plan.hd_job_frames} "
@@ -196,10 +212,8 @@ def _figure(plan: Plan, movie: dict, runs: dict[str, Any], problems: list[str], 
         f"that the job takes seconds on a CPU, the worker is told to work at {WORKER_SIZE[0]}×{WORKER_SIZE[1]} "
         "(the job spec is replaced after the runner's first tick): it still reads the exported 672×378 frames; "
         "the main thread's work does not depend on the worker's size, only the worker phase's length does. Before "
-        "the job, the scene's first frame is rendered once at 35 % as the sequencer preview would have drawn it "
-        "interactively; that first render of the movie in a fresh Blender (decoder and colour transforms cold) took "
-        + _each(runs, lambda run: run["cold_first_frame_ms"])
-        + ", not counted as a tick.",
+        "the first job, the scene's first frame is rendered once at 35 % as the sequencer preview would have "
+        "drawn it interactively (decoder and colour transforms warmed up), not counted as a tick.",
         "Phases: export = the tick that starts the job (job spec; the scene written to export.blend with "
         "bpy.data.libraries.write; the export process started) and every tick while the export process renders "
         "(each counts the frames written so far), including the tick that writes job.json and starts the worker "
@@ -208,14 +222,14 @@ def _figure(plan: Plan, movie: dict, runs: dict[str, Any], problems: list[str], 
         "finished and adds the styled strip (runner._import). Longest, median, 99th percentile (nearest rank) "
         "and count of ticks.",
         f"Clip: {movie['frames']} frames of a 1920×1080 pan over a textured 2400×1080 picture, 24 fps, H.264 "
-        f"(Blender's FFmpeg, constant rate factor 'high'), {movie['megabytes']:.1f} MB, written by Blender 5.0 in "
-        f"{movie['seconds']:.0f} s (not counted anywhere).",
+        f"(Blender's FFmpeg, constant rate factor 'high'), {movie['megabytes']:.1f} MB, written by Blender 5.0 "
+        "before anything is timed.",
         f"Export, ours: ExportProcess (addon/export_process.py) on a scene holding the 1080p movie strip, all {n} "
         "frames at the SD 1.5 size, PNG RGB 8 bit, compression 15, no metadata. Wall time = from writing the scene "
         "and starting the second Blender (the same bpy build, as a Python process here; Blender's own executable "
         f"in the application) to the last frame counted, polled every {TICK_SLEEP * 1000:.0f} ms; it includes that "
-        f"Blender's start and its loading of the file; median of {plan.repeats} runs. Main-thread calls: the "
-        "constructor and every poll, all runs.",
+        f"Blender's start and its loading of the file; median (min–max) of {plan.repeats} runs. Main-thread "
+        "calls: their total per run, median (min–max); longest, median, p99 and count of the calls of all runs.",
         "Export in this Blender, a frame per render: what the export process runs, FrameExporter (addon/export.py), "
         "timed in the user's Blender as the add-on exported before the export process: constructor (scene copy, "
         "output settings) + one step() per frame (one bpy.ops.render.render(write_still=True) each) + close(); "
@@ -223,14 +237,14 @@ def _figure(plan: Plan, movie: dict, runs: dict[str, Any], problems: list[str], 
         "Export, Blender: the same frames rendered by one bpy.ops.render.render(animation=True) of a copy of that "
         "scene with exactly the export's output settings (same resolution percentage, PNG settings, view "
         "transform); the copy is made before the clock starts. Per-frame times are the gaps between render_write "
-        "handler calls (the first from the call's start). The three methods take turns going first; totals are "
-        "medians.",
+        "handler calls (the first from the call's start). The three methods take turns going first, "
+        f"{plan.repeats} rounds; totals are median (min–max) over the rounds, the ratio taken within each round.",
         f"Import: runner._import (glob of the job's frames, a check that every styled frame exists, finding the "
         f"source strip, removing old previews, add_result_strip, selecting, the undo push) for a job of {n} "
-        f"PNG frames (672×378), on a fresh Runner; median and longest of {plan.import_repeats} runs, the added strip "
-        "removed between runs. add_result_strip alone: new_image + one elements.append per frame + custom "
-        "properties. The undo push takes 1–2 ms in this small background session; in an interactive Blender "
-        "with a large .blend its memfile undo step grows with the file's size, not with N.",
+        f"PNG frames (672×378), on a fresh Runner; median (min–max) and longest of {plan.import_repeats} runs, the "
+        "added strip removed between runs. add_result_strip alone: new_image + one elements.append per frame + "
+        "custom properties. The undo push takes 1–2 ms in this small background session; in an interactive "
+        "Blender with a large .blend its memfile undo step grows with the file's size, not with N.",
         "Times are this machine's (2 shared CPU cores, other work running): compare rows of one sitting.",
         f"The whole figure took {seconds:.0f} s.",
         *problems,
@@ -240,7 +254,8 @@ def _figure(plan: Plan, movie: dict, runs: dict[str, Any], problems: list[str], 
         title="Blender responsiveness",
         question=(
             "Does Blender stay responsive while a strip is restyled, and what do exporting the strip's frames and "
-            "importing the result cost on Blender's main thread?"
+            "importing the result cost on Blender's main thread? Times are median (min–max) over the runs "
+            "(see the notes)."
         ),
         headers=HEADERS,
         rows=rows,
@@ -251,9 +266,9 @@ def _figure(plan: Plan, movie: dict, runs: dict[str, Any], problems: list[str], 
     )
 
 
-def _each(runs: dict[str, Any], value: Callable[[dict[str, Any]], float], digits: int = 0) -> str:
-    """One number per Blender version, in milliseconds."""
-    return ", ".join(f"{value(run):.{digits}f} ms ({label})" for label, run in runs.items())
+def _each(runs: dict[str, Any], value: Callable[[dict[str, Any]], str]) -> str:
+    """One measurement per Blender version, in milliseconds."""
+    return ", ".join(f"{value(run)} ms ({label})" for label, run in runs.items())
 
 
 # --- inside Blender --------------------------------------------------------------------------------------------
@@ -355,7 +370,7 @@ def _inner(config: dict[str, Any]) -> dict[str, Any]:
     strip = top_level_strips(small.sequence_editor).new_image("Shots", str(frames[0]), 1, 1, fit_method="FIT")
     for frame in frames[1:]:
         strip.elements.append(frame.name)
-    result["small_job"] = _run_job(small, strip, None)
+    result["small_job"] = _run_jobs(small, strip, None, plan.job_repeats)
 
     hd = _video_scene(bpy.data.scenes.new("hd"), HD)
     _set_up(hd, config["models"], None)
@@ -363,7 +378,7 @@ def _inner(config: dict[str, Any]) -> dict[str, Any]:
     strip.frame_offset_end = strip.frame_final_duration - plan.hd_job_frames
     # Interactively the sequencer preview has drawn the strip before anyone restyles it: do the same.
     result["cold_first_frame_ms"] = _render_once(hd, work / "warm-up.png") * 1000
-    result["hd_job"] = _run_job(hd, strip, WORKER_SIZE)
+    result["hd_job"] = _run_jobs(hd, strip, WORKER_SIZE, plan.job_repeats)
 
     costs = _video_scene(bpy.data.scenes.new("costs"), HD)
     _set_up(costs, config["models"], None)
@@ -438,6 +453,17 @@ def _write_frames(folder: Path, count: int) -> list[Path]:
         bpy.data.images.remove(image)
         paths.append(path)
     return paths
+
+
+def _run_jobs(scene: Any, strip: Any, worker_size: tuple[int, int] | None, repeats: int) -> list[dict[str, Any]]:
+    """The same job ``repeats`` times; each starts without cached latents, so each does the same work."""
+    from blender_unsample.addon.runner import latent_cache_folder
+
+    runs = []
+    for _ in range(repeats):
+        shutil.rmtree(latent_cache_folder(), ignore_errors=True)
+        runs.append(_run_job(scene, strip, worker_size))
+    return runs
 
 
 def _run_job(scene: Any, strip: Any, worker_size: tuple[int, int] | None) -> dict[str, Any]:
@@ -562,6 +588,7 @@ def _export_costs(scene: Any, strip: Any, frames: range, work: Path, repeats: in
             "setup_ms": statistics.median(r["setup"] for r in process) * 1000,
             "main_thread": _summary([call for calls in main_thread for call in calls]),
             "main_thread_total_ms": statistics.median(sum(calls) for calls in main_thread) * 1000,
+            "main_thread_totals_ms": [sum(calls) * 1000 for calls in main_thread],
             "longest_poll_ms": max(max(r["polls"], default=0.0) for r in process) * 1000,
         },
         "ours": _costs(ours),

@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,32 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+_REPOSITORY = Path(__file__).resolve().parents[2]
+REPEATS = 3  # the fewest runs of any timed measurement, quick mode included: a median needs three
+
+
+def spread(values: Sequence[float], spec: str = "", unit: str = "") -> str:
+    """Repeated measurements as the report writes them: "median (min–max)", each formatted with
+    ``spec`` (default: as a table cell), ``unit`` after the median and the max. Fewer than three
+    values are refused: a figure must not pass one run off as a median."""
+    if len(values) < REPEATS:
+        raise ValueError(f"{len(values)} runs: a spread needs at least {REPEATS}")
+    show = (lambda v: format(v, spec)) if spec else (lambda v: _cell(float(v)))
+    low, high = min(values), max(values)
+    return f"{show(statistics.median(values))}{unit} ({show(low)}–{show(high)}{unit})"
+
+
+def summary(values: Sequence[float]) -> dict[str, Any]:
+    """Repeated measurements for results.json: the median, min and max beside every value."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": len(values),
+        "values": list(values),
+    }
+
+
 def machine() -> dict[str, Any]:
     import diffusers
     import torch
@@ -74,18 +103,38 @@ def machine() -> dict[str, Any]:
 def _commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=_REPOSITORY
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def run_description(quick: bool) -> str:
+    """How this run was made, for each figure's "measured" entry: the command line and whether the working
+    tree had changes beyond the commit it names."""
+    try:
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=_REPOSITORY,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        changed = "unknown"
+    tree = "a working tree with uncommitted changes" if changed else "a clean working tree"
+    mode = "quick" if quick else "full"
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    return f"{mode} run ({command}) from {tree}, load average {os.getloadavg()[0]:.1f} when the report was written"
 
 
 def write_report(figures: list[Figure], markdown: Path, raw: Path, quick: bool) -> None:
     """Write the report. Figures measured now replace their earlier entries in the raw file; the
     others are kept as they were measured (``--only``), each saying at which commit."""
     info = machine()
+    how = run_description(quick)
     for figure in figures:
-        figure.raw.setdefault("measured", {"commit": info["commit"], "date": info["date"], "quick": quick})
+        figure.raw.setdefault("measured", {"commit": info["commit"], "date": info["date"], "quick": quick, "how": how})
     kept = _earlier_figures(raw, {figure.number for figure in figures})
     every = sorted([*figures, *kept], key=lambda figure: figure.number)
     mixed = (
@@ -98,7 +147,8 @@ def write_report(figures: list[Figure], markdown: Path, raw: Path, quick: bool) 
         "",
         "Written by `python3 build.py bench" + (" --quick`" if quick else "`") + ": measurements, not tests. "
         "Every ratio compares runs made side by side in one sitting on one machine; absolute times are "
-        "this machine's and move with its load.",
+        "this machine's and move with its load. A time or a ratio of times is the median of at least "
+        f"{REPEATS} runs, its min–max in brackets, and a verdict is decided on the run written here.",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB, GPU: {info['gpu']}. "
         f"Python {info['python']}, torch {info['torch']}, diffusers {info['diffusers']}. "

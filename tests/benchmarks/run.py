@@ -33,12 +33,18 @@ FIGURES = {
     9: "fig9_warp",
     10: "fig10_fullsize",
     11: "fig11_cluster",
+    12: "fig12_installers",
+    13: "fig13_equal_cost",
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes: under ten minutes on 2 cores")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer sizes and repeats (still three of every timed measurement): about a quarter of an hour on 2 cores",
+    )
     parser.add_argument("--only", type=int, nargs="+", choices=FIGURES, help="run only these figures")
     args = parser.parse_args()
     figures = []
