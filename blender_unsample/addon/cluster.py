@@ -7,15 +7,45 @@ worker Python and cluster, as the worker's own check is kept. No bpy here.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 from .worker import doctor_report, worker_command, worker_environment
 
 LOCAL = "auto"  # the worker's --cluster value for a Ray cluster of this machine's GPUs, started for the job
 CHECK_TIMEOUT = 120.0  # seconds: starting a local Ray on a slow machine, or a far cluster's answer
 ADDRESS_PLACEHOLDER = "head-node:6379 or ray://head-node:10001"
+
+
+@dataclass(frozen=True)
+class ClusterChoice:
+    """The cluster the preferences name, as the worker is told of it."""
+
+    target: str  # LOCAL or an address
+    token_file: str = ""  # an address's token file; empty: Ray's own places
+    allow_unauthenticated: bool = False
+
+    def arguments(self) -> list[str]:
+        """The worker's flags: --cluster, and for a cluster elsewhere how it may be joined."""
+        arguments = ["--cluster", self.target]
+        if self.target != LOCAL:  # the Ray we start makes its own token
+            if self.token_file.strip():
+                arguments += ["--cluster-token-file", os.path.expanduser(self.token_file.strip())]
+            if self.allow_unauthenticated:
+                arguments.append("--cluster-allow-unauthenticated")
+        return arguments
+
+
+def cluster_choice(prefs: Any) -> ClusterChoice | None:
+    """The Cluster preferences as the worker gets them; None for no cluster (or no preferences)."""
+    target = prefs and cluster_target(prefs.cluster, prefs.cluster_address)
+    if not target:
+        return None
+    return ClusterChoice(target, prefs.cluster_token_file, prefs.cluster_allow_unauthenticated)
 
 
 def cluster_target(cluster: str, address: str) -> str | None:
@@ -27,7 +57,7 @@ def cluster_target(cluster: str, address: str) -> str | None:
     return None
 
 
-def cluster_problem(cluster: str, address: str) -> str | None:
+def cluster_problem(cluster: str, address: str, token_file: str = "") -> str | None:
     """Why the Cluster preference cannot be used as it is, for a greyed-out button; None if it can."""
     if cluster != "ADDRESS":
         return None
@@ -36,11 +66,14 @@ def cluster_problem(cluster: str, address: str) -> str | None:
         return "Cluster is set to a Ray cluster, but its address is empty (Preferences > Add-ons > Unsample)"
     if re.search(r"\s", address):
         return f"'{address}' is not a Ray cluster address: expected {ADDRESS_PLACEHOLDER}"
+    token_file = os.path.expanduser(token_file.strip())
+    if token_file and not os.path.isfile(token_file):
+        return f"The Cluster Token File {token_file} is not a file (Preferences > Add-ons > Unsample)"
     return None
 
 
-def cluster_arguments(target: str | None) -> list[str]:
-    return ["--cluster", target] if target else []
+def cluster_arguments(choice: ClusterChoice | None) -> list[str]:
+    return choice.arguments() if choice else []
 
 
 def display_name(target: str) -> str:
@@ -74,22 +107,22 @@ def setup_hint(message: str) -> str:
 
 # --- Check Cluster: asked on a thread, answers kept per (worker Python, cluster) -----------------------
 
-_reports: dict[tuple[str, str], dict | None] = {}
-_threads: dict[tuple[str, str], threading.Thread] = {}
+_reports: dict[tuple[str, ClusterChoice], dict | None] = {}
+_threads: dict[tuple[str, ClusterChoice], threading.Thread] = {}
 _lock = threading.Lock()
 
 
-def cluster_report(python: str, target: str) -> dict | None:
+def cluster_report(python: str, choice: ClusterChoice) -> dict | None:
     """The last check's answer; ``{"checking": True}`` while one runs; None if never checked."""
     with _lock:
-        if (python, target) not in _reports:
+        if (python, choice) not in _reports:
             return None
-        return _reports[(python, target)] or {"checking": True}
+        return _reports[(python, choice)] or {"checking": True}
 
 
-def check_cluster(python: str, target: str) -> threading.Thread:
+def check_cluster(python: str, choice: ClusterChoice) -> threading.Thread:
     """Ask the worker about the cluster in the background; the thread asking (one per cluster at a time)."""
-    key = (python, target)
+    key = (python, choice)
     with _lock:
         if _reports.get(key, {}) is None:
             return _threads[key]  # being asked already
@@ -111,10 +144,10 @@ def forget_cluster_reports() -> None:
             del _reports[key]
 
 
-def _ask(python: str, target: str) -> None:
+def _ask(python: str, choice: ClusterChoice) -> None:
     try:
         result = subprocess.run(
-            worker_command(python, "doctor", "--cluster", target),
+            worker_command(python, "doctor", *choice.arguments()),
             env=worker_environment(python),
             capture_output=True,
             text=True,
@@ -135,4 +168,4 @@ def _ask(python: str, target: str) -> None:
     if not report.get("ok"):
         report["error"] = describe(report) + setup_hint(describe(report))
     with _lock:
-        _reports[(python, target)] = report
+        _reports[(python, choice)] = report

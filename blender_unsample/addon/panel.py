@@ -174,7 +174,7 @@ def draw_worker_problem(layout: bpy.types.UILayout, context: bpy.types.Context) 
         draw_setup_state(layout.box(), context, width - 50)
         return
     prefs = preferences()
-    problem = prefs and cluster.cluster_problem(prefs.cluster, prefs.cluster_address)
+    problem = prefs and cluster.cluster_problem(prefs.cluster, prefs.cluster_address, prefs.cluster_token_file)
     if problem:
         row = layout.row()
         _wrapped(row, problem, width - 50, "ERROR")
@@ -247,13 +247,13 @@ def draw_cluster_state(layout: bpy.types.UILayout, context: bpy.types.Context, w
     prefs = preferences()
     if prefs is None or prefs.cluster == "NONE":
         return
-    problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address)
+    problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address, prefs.cluster_token_file)
     if problem:
         _wrapped(layout, problem, width, "ERROR")
         return
-    target = cluster.cluster_target(prefs.cluster, prefs.cluster_address)
-    report = cluster.cluster_report(worker_python(), target)
-    name = cluster.display_name(target)
+    choice = cluster.cluster_choice(prefs)
+    report = cluster.cluster_report(worker_python(), choice)
+    name = cluster.display_name(choice.target)
     if report is None:
         text, icon = f"Cluster: {name}, not checked yet", "NETWORK_DRIVE"
     elif report.get("checking"):

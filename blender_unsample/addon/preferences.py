@@ -75,6 +75,23 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
             "Every node needs the worker's packages and Ray"
         ),
     )
+    cluster_token_file: bpy.props.StringProperty(
+        name="Cluster Token File",
+        description=(
+            "The Ray cluster's token, as a file: copy ~/.ray/auth_token from its head node ('ray get-auth-token' "
+            "prints it). Empty: Ray's own places (RAY_AUTH_TOKEN, ~/.ray/auth_token). Only the file's path is kept "
+            "here, never the token"
+        ),
+        subtype="FILE_PATH",
+    )
+    cluster_allow_unauthenticated: bpy.props.BoolProperty(
+        name="Allow Clusters Without a Token",
+        description=(
+            "Join a Ray cluster that asks for no token. Anyone who can reach such a cluster can run code on its "
+            "machines and read the frames sent to it: only on a network you trust completely"
+        ),
+        default=False,
+    )
     models_folder: bpy.props.StringProperty(
         name="Models Folder",
         description=(
@@ -126,6 +143,10 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
         layout.prop(self, "cluster")
         if self.cluster == "ADDRESS":
             layout.prop(self, "cluster_address", placeholder=ADDRESS_PLACEHOLDER)
+            layout.prop(self, "cluster_token_file", placeholder="Ray's own: ~/.ray/auth_token")
+            layout.prop(self, "cluster_allow_unauthenticated")
+            if self.cluster_allow_unauthenticated:
+                layout.label(text="A cluster without a token runs code from anyone who reaches it", icon="ERROR")
         draw_cluster_state(layout, context, 600)
         layout.prop(self, "models_folder")
         layout.prop(self, "cache_folder")

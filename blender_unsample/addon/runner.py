@@ -25,7 +25,7 @@ from pathlib import Path
 import bpy
 
 from ..engine.protocol import Done, ErrorCode, ErrorEvent, FrameWritten, JobSpec, Progress, WarningEvent
-from .cluster import cluster_arguments, cluster_target, setup_hint
+from .cluster import cluster_arguments, cluster_choice, setup_hint
 from .cluster_batch import ClusterBatch
 from .export_process import ExportProcess, JobError, failure_text
 from .paths import new_run_folder, strip_folder
@@ -145,7 +145,7 @@ class Runner:
     def _new_batch(self) -> None:
         self.outcomes, self.added, self.resumable, self.batch_size, self.cancelled = [], [], [], 0, False
         prefs = preferences()  # read once a batch: the whole batch runs on the same cluster, or none
-        self.cluster = cluster_arguments(cluster_target(prefs.cluster, prefs.cluster_address) if prefs else None)
+        self.cluster = cluster_arguments(cluster_choice(prefs))
 
     def resume(self) -> int:
         """Queue the last batch's failed or cancelled strips again, each in its own job folder."""

@@ -332,7 +332,7 @@ class SetupJob:
                     return
             if code != 0:
                 log.write(f"exit code {code}\n")
-                cause = failure_reason(output, self.index)
+                cause = failure_reason(output, self.index).rstrip(".")  # the message adds its own full stop
                 where = step.text[0].lower() + step.text[1:]
                 self._end("failed", f"Set Up Worker failed ({where}): {cause}. Log: {self.log_path}")
                 return

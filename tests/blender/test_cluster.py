@@ -122,7 +122,8 @@ def test_the_preferences_show_the_cluster_setting_its_address_and_check_cluster(
             return getattr(addon, name)
 
     check = "sequencer.unsample_check_cluster"
-    shown_for = {"NONE": [], "LOCAL": ["cluster", check], "ADDRESS": ["cluster", "cluster_address", check]}
+    remote = ["cluster", "cluster_address", "cluster_token_file", "cluster_allow_unauthenticated", check]
+    shown_for = {"NONE": [], "LOCAL": ["cluster", check], "ADDRESS": remote}
     for setting, shown in shown_for.items():
         use_cluster(setting, "head-node:6379")
         drawn = []
@@ -138,7 +139,7 @@ def test_a_worker_without_ray_is_pointed_to_set_up_worker(addon, tmp_path):
 
     install = plan("/py", tmp_path, "", cluster=True)[-2].command
     assert install[-4:] == ["-r", str(REQUIREMENTS), "-r", str(CLUSTER_REQUIREMENTS)]
-    assert CLUSTER_REQUIREMENTS.read_text(encoding="utf-8").count("ray==") == 1
+    assert CLUSTER_REQUIREMENTS.read_text(encoding="utf-8").count("ray[client]==") == 1
     assert str(CLUSTER_REQUIREMENTS) not in plan("/py", tmp_path, "")[-2].command
     message = "Ray is not installed in the worker Python: install the cluster extra"
     assert cluster.setup_hint(message) == " Set Up Worker installs Ray while Cluster is on."

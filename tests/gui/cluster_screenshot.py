@@ -145,7 +145,7 @@ def watch_the_answers() -> float | None:
     """Log when each check's answer comes (to time the shots); scroll the sidebar to the local one."""
     cluster, runner = addon_module("addon.cluster"), addon_module("addon.runner")
     for target in ("auto", ADDRESS):
-        report = cluster.cluster_report(runner.worker_python(), target)
+        report = cluster.cluster_report(runner.worker_python(), cluster.ClusterChoice(target))
         if report and not report.get("checking") and target not in _seen:
             _seen.add(target)
             log(f"answer for {target}: {report}")

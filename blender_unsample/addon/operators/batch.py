@@ -115,7 +115,7 @@ class BatchOperator:
         prefs = preferences()
         if prefs is None or cls.preview:  # a preview is one context window: it runs on the worker alone
             return None
-        return cluster_problem(prefs.cluster, prefs.cluster_address)
+        return cluster_problem(prefs.cluster, prefs.cluster_address, prefs.cluster_token_file)
 
     @classmethod
     def strip_problem(cls, scene: bpy.types.Scene) -> str | None:

@@ -11,15 +11,15 @@ import bpy
 from .. import cluster, runner
 
 
-def current_target() -> tuple[str | None, str | None]:
+def current_choice() -> tuple[cluster.ClusterChoice | None, str | None]:
     """The cluster the preferences name, or None and why it cannot be checked."""
     prefs = runner.preferences()
     if prefs is None or prefs.cluster == "NONE":
         return None, "Cluster is None in Unsample's preferences: jobs run on the worker alone"
-    problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address)
+    problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address, prefs.cluster_token_file)
     if problem:
         return None, problem
-    return cluster.cluster_target(prefs.cluster, prefs.cluster_address), None
+    return cluster.cluster_choice(prefs), None
 
 
 def _redraw_when_checked() -> float | None:
@@ -41,33 +41,33 @@ class SEQUENCER_OT_unsample_check_cluster(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        target, problem = current_target()
+        choice, problem = current_choice()
         if problem:
             cls.poll_message_set(problem)
             return False
-        report = cluster.cluster_report(runner.worker_python(), target)
+        report = cluster.cluster_report(runner.worker_python(), choice)
         if report and report.get("checking"):
             cls.poll_message_set("The cluster is being checked")
             return False
         return True
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        target, _ = current_target()
-        cluster.check_cluster(runner.worker_python(), target)
+        choice, _ = current_choice()
+        cluster.check_cluster(runner.worker_python(), choice)
         if not bpy.app.timers.is_registered(_redraw_when_checked):
             bpy.app.timers.register(_redraw_when_checked, first_interval=0.5)
-        self.report({"INFO"}, f"Checking the cluster ({cluster.display_name(target)})")
+        self.report({"INFO"}, f"Checking the cluster ({cluster.display_name(choice.target)})")
         return {"FINISHED"}
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        target, _ = current_target()
+        choice, _ = current_choice()
         python = runner.worker_python()
-        cluster.check_cluster(python, target).join()
-        report = cluster.cluster_report(python, target) or {}
+        cluster.check_cluster(python, choice).join()
+        report = cluster.cluster_report(python, choice) or {}
         if not report.get("ok"):
             self.report({"ERROR"}, f"Cluster: {cluster.describe(report)}")  # the message names the address
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Cluster {cluster.display_name(target)}: {cluster.describe(report)}")
+        self.report({"INFO"}, f"Cluster {cluster.display_name(choice.target)}: {cluster.describe(report)}")
         return {"FINISHED"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import sys
@@ -14,6 +15,8 @@ from types import ModuleType
 
 from ..errors import UnsampleError
 from ..protocol import ErrorCode
+from . import auth
+from .auth import ClusterAccess
 
 # A cluster that has not answered a TCP connection within this long is reported as unreachable:
 # Ray itself would keep retrying for a minute or more before giving up.
@@ -85,19 +88,23 @@ def check_reachable(address: str, seconds: float = CONNECT_SECONDS) -> None:
 
 
 def connect(address: str, scratch: Path) -> tuple[ModuleType, bool]:
-    """Ray, initialised for ``address`` ("auto": a local instance) with the engine's code staged in
-    ``scratch`` for its workers. Returns (ray, joined): whether this call started or joined it, so
-    must shut it down when done. A Ray already initialised in this process (a test's, a script's)
-    is used as it is: whoever initialised it gave it :func:`runtime_env`."""
+    """Ray, initialised for ``address`` ("auto": a local instance on the loopback interface) with the
+    engine's code staged in ``scratch`` for its workers. Returns (ray, joined): whether this call
+    started or joined it, so must shut it down when done. Ray's authentication variables must be set
+    already (:func:`session` does it). A Ray already initialised in this process (a test's, a
+    script's) is used as it is: whoever initialised it gave it :func:`runtime_env`."""
     ray = import_ray()
     if ray.is_initialized():
         return ray, False
-    if address != LOCAL:
-        check_reachable(address)
     options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address == LOCAL:
+        # "local" starts a new instance even where RAY_ADDRESS names another; nothing listens beyond this machine.
+        options |= {"address": "local", "_node_ip_address": auth.LOOPBACK}
+    else:
+        options["address"] = address
     try:
         # Code to ship can only be given for the whole Ray job, not per worker.
-        ray.init(address=None if address == LOCAL else address, runtime_env=runtime_env(scratch), **options)
+        ray.init(runtime_env=runtime_env(scratch), **options)
     except (ConnectionError, RuntimeError) as error:
         raise UnsampleError(ErrorCode.CLUSTER, f"cannot join the Ray cluster at {address}: {error}") from error
     return ray, True
@@ -121,17 +128,38 @@ def runtime_env(scratch: Path) -> dict[str, object]:
     return {"py_modules": [str(staged)]}
 
 
+def environment(address: str, access: ClusterAccess) -> dict[str, str]:
+    """Ray's authentication variables for ``address``: a fresh token for a local instance; for a
+    cluster elsewhere, once it answered and showed it asks for a token we hold (or may be joined
+    without one, as ``access`` allows)."""
+    if address == LOCAL:
+        return auth.local_environment()
+    check_reachable(address)
+    return auth.remote_environment(address, split_address(address), access)
+
+
 @contextmanager
-def session(address: str) -> Iterator[ModuleType]:
-    """Ray for ``address`` while the block runs, the engine's code staged for its workers in a
-    folder of its own; after the block the folder goes, and Ray is shut down if :func:`connect`
-    started or joined it here."""
+def session(address: str, access: ClusterAccess | None = None) -> Iterator[ModuleType]:
+    """Ray for ``address`` while the block runs, joined as ``access`` allows, the engine's code staged
+    for its workers in a folder of its own; after the block the folder goes, Ray is shut down if
+    :func:`connect` started or joined it here, and the authentication variables are as they were."""
+    access = access or ClusterAccess()
     scratch = Path(tempfile.mkdtemp(prefix="unsample-cluster-"))
-    joined = False
     try:
-        ray, joined = connect(address, scratch)
-        yield ray
+        # A Ray this process is connected to already is used as it is (see connect), its variables too.
+        variables = contextlib.nullcontext() if _initialised() else auth.applied(environment(address, access))
+        with variables:
+            ray, joined = connect(address, scratch)
+            try:
+                yield ray
+            finally:
+                if joined:
+                    ray.shutdown()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        if joined:
-            ray.shutdown()
+
+
+def _initialised() -> bool:
+    """Whether this process is connected to a Ray already (see :func:`connect`)."""
+    ray = sys.modules.get("ray")
+    return bool(ray and ray.is_initialized())

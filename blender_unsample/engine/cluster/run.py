@@ -15,6 +15,7 @@ from ..job.devices import pick_placement
 from ..job.pipeline import restyle
 from ..protocol import ErrorCode, Event, JobSpec
 from .actors import WindowWorker, worker_name
+from .auth import ClusterAccess
 from .connect import ClusterInfo, describe, session
 from .strips import make_workers, run_strips
 from .windows import RemoteWindows
@@ -32,14 +33,16 @@ def run_on_cluster(
     workers: int,
     emit: Callable[[Event], None],
     cancel: threading.Event,
+    access: ClusterAccess | None = None,
 ) -> list[UnsampleError | None]:
     """Run the jobs on the cluster at ``address`` ("auto": this machine) with ``workers`` workers
-    (0: one per GPU, or one on a cluster without GPUs); returns each job's error or None.
+    (0: one per GPU, or one on a cluster without GPUs), joined as ``access`` allows; returns each
+    job's error or None.
 
     One job shares its context windows among the workers at every step; several jobs run one
     per worker. A cancel raises :class:`Cancelled` after every worker was told to stop.
     """
-    with session(address) as ray:
+    with session(address, access) as ray:
         info = describe(ray, address)
         count = workers or max(1, info.gpus)
         options = worker_options(info, count)

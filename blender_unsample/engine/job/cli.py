@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "doctor" and args.cluster:
-        return _doctor_cluster(args.cluster)  # answers fast: no model libraries loaded for it
+        return _doctor_cluster(args)  # answers fast: no model libraries loaded for it
     _quiet_libraries()
     if args.command == "tiny-models":
         try:
@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         "--cluster-workers", type=int, metavar="N", default=0, help="cluster workers (default: one per GPU; one on "
         "a cluster without GPUs)"
     )  # fmt: skip
+    _add_cluster_access(restyle)
     restyle.add_argument(
         "--progress", choices=("json", "text", "none"), default="text", help="events on stdout as JSON lines, "
         "a progress bar on stderr, or no progress (default: text); errors and warnings always go to stderr"
@@ -107,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         "--cluster", metavar="auto|ADDRESS", default="", help="instead: reach this Ray cluster and print its nodes "
         "and GPUs (exit code 12 when it does not answer)"
     )  # fmt: skip
+    _add_cluster_access(doctor)
     tiny = commands.add_parser("tiny-models", help="write tiny random-weight models (for tests and the demo)")
     tiny.add_argument("folder", type=Path)
     tiny.add_argument("--family", choices=("sd15", "sdxl"), default="sd15")
@@ -129,10 +131,25 @@ def _add_setting(parser: argparse.ArgumentParser, spec_field: dataclasses.Field)
     parser.add_argument(flag, type=kind, choices=meta.get("choices"), metavar=metavar, help=help_text)
 
 
+CLUSTER_FLAGS = ("cluster", "cluster_workers", "cluster_token_file", "cluster_allow_unauthenticated")
+
+
+def _add_cluster_access(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster-token-file", type=Path, metavar="FILE", default=None, help="the token of the Ray cluster at "
+        "--cluster ADDRESS, as 'ray get-auth-token' on its head node prints it (default: Ray's RAY_AUTH_TOKEN, "
+        "RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token). A cluster that asks for no token is refused"
+    )  # fmt: skip
+    parser.add_argument(
+        "--cluster-allow-unauthenticated", action="store_true", default=False, help="join a Ray cluster that asks "
+        "for no token: anyone who can reach it can run code on its machines, and on this job's"
+    )  # fmt: skip
+
+
 def _restyle(args: argparse.Namespace) -> int:
     emit = _emitter(args.progress)
     flags = vars(args).copy()
-    for key in ("command", "job", "progress", "no_cache", "cluster", "cluster_workers", "stdin_control"):
+    for key in ("command", "job", "progress", "no_cache", "stdin_control", *CLUSTER_FLAGS):
         flags.pop(key, None)
     try:
         if args.cluster_workers < 0:
@@ -150,7 +167,7 @@ def _restyle(args: argparse.Namespace) -> int:
     if args.stdin_control:
         _watch_stdin(cancel)
     try:
-        errors = _run_jobs(specs, args.cluster, args.cluster_workers, emit, cancel)
+        errors = _run_jobs(specs, args, emit, cancel)
     except UnsampleError as error:
         return _fail(emit, error)
     except KeyboardInterrupt:
@@ -202,14 +219,14 @@ def _read_job_file(path: Path) -> dict[str, object]:
 
 
 def _run_jobs(
-    specs: list[JobSpec], cluster: str, workers: int, emit: Callable[[Event], None], cancel: threading.Event
+    specs: list[JobSpec], args: argparse.Namespace, emit: Callable[[Event], None], cancel: threading.Event
 ) -> list[UnsampleError | None]:
     """Each job's error or None. Without a cluster, jobs run one after another here; a failed job
     is reported (with its index in a batch) and the next one starts. A cancel stops them all."""
-    if cluster:
+    if args.cluster:
         from ..cluster.run import run_on_cluster
 
-        errors = run_on_cluster(specs, cluster, workers, emit, cancel)
+        errors = run_on_cluster(specs, args.cluster, args.cluster_workers, emit, cancel, _cluster_access(args))
         if len(specs) == 1 and errors[0] is not None:
             raise errors[0]  # a single job's error is reported as the job's, like without a cluster
         return errors
@@ -234,13 +251,19 @@ def _run_jobs(
     return errors
 
 
-def _doctor_cluster(address: str) -> int:
+def _cluster_access(args: argparse.Namespace):  # -> cluster.auth.ClusterAccess: imported only for a cluster
+    from ..cluster.auth import ClusterAccess
+
+    return ClusterAccess(args.cluster_token_file, args.cluster_allow_unauthenticated)
+
+
+def _doctor_cluster(args: argparse.Namespace) -> int:
     """Reach the cluster and say what it has, as one JSON object."""
     from ..cluster.connect import describe, session
 
     try:
-        with session(address) as ray:
-            print(json.dumps(describe(ray, address).report()))
+        with session(args.cluster, _cluster_access(args)) as ray:
+            print(json.dumps(describe(ray, args.cluster).report()))
     except UnsampleError as error:
         print(json.dumps({"ok": False, "error": error.message}))  # protocol.CLUSTER_FAILURE_KEYS
         return error.code.exit_code
