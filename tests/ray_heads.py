@@ -1,5 +1,5 @@
 """Ray head nodes started as a user starts one (``ray start --head``), for the cluster security tests of
-the engine and of Blender: with token authentication or without, on the loopback interface.
+the engine and of Blender: with token authentication or without, on the loopback interface only.
 
 Each head runs in a process group of its own (``ray start --block``), in its own HOME and Ray temp
 folder, so stopping it stops only its processes and its token lands nowhere the tests read.
@@ -7,6 +7,7 @@ folder, so stopping it stops only its processes and its token lands nowhere the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -28,13 +29,14 @@ class Head:
     home: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        """Stop the head and every process it started (its process group), whatever state they are in."""
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+        with contextlib.suppress(ProcessLookupError):  # what outlived the leader, e.g. the GCS
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
 
 
 def free_port() -> int:
@@ -51,7 +53,10 @@ def start_head(python: str, folder: Path, token: str | None) -> Head:
     temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's socket paths must stay short
     port, client_port = free_port(), free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    # Ray's one-machine switch keeps every server of the head on 127.0.0.1 (without it Ray binds all
+    # interfaces, whatever --node-ip-address says): no test opens a cluster to the network.
     environment |= {"HOME": str(home), "RAY_AUTH_MODE": "token" if token else "disabled"}
+    environment["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     if token:
         environment["RAY_AUTH_TOKEN"] = token
     ray = Path(python).parent / "ray"

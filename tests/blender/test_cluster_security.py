@@ -128,10 +128,13 @@ def heads(tmp_path_factory):
 
 @pytest.fixture
 def own_home(tmp_path, monkeypatch):
-    """The worker's HOME without Ray's token file, and no token in its environment."""
+    """The worker's HOME without Ray's token file, and no token in its environment. The heads listen on
+    loopback only, so the worker joins them as a node on loopback too (Ray's one-machine switch, the
+    user's own setting, which the engine keeps when it joins a cluster)."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def check(expect_ok: bool) -> tuple[str, str]:

@@ -22,6 +22,7 @@ pytest.importorskip("ray", reason="the cluster tests need the cluster extra (Ray
 psutil = pytest.importorskip("psutil", reason="comes with Ray")
 
 from blender_unsample.engine.cluster import auth  # noqa: E402
+from blender_unsample.engine.cluster.auth import ONE_MACHINE  # noqa: E402
 from blender_unsample.engine.errors import UnsampleError  # noqa: E402
 from blender_unsample.engine.protocol import ErrorCode  # noqa: E402
 from tests.ray_heads import start_head  # noqa: E402
@@ -33,14 +34,20 @@ TOKEN = "5e1f" * 16
 def clean_environment(home: Path, **extra: str) -> dict[str, str]:
     """This environment without Ray's token variables, HOME an empty folder (no ~/.ray/auth_token)."""
     home.mkdir(parents=True, exist_ok=True)
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", ONE_MACHINE))}
     return environment | {"HOME": str(home), "PYTHONPATH": str(ROOT)} | extra
+
+
+# The heads listen on loopback only, so a job joins them as a node on this machine's loopback too: the
+# user's own setting of Ray's one-machine switch, which the engine keeps when it joins a cluster.
+ON_LOOPBACK = {ONE_MACHINE: "0"}
 
 
 def doctor(address: str, home: Path, *flags: str, **environment: str) -> tuple[int, dict]:
     result = subprocess.run(
         [sys.executable, "-m", "blender_unsample.engine", "doctor", "--cluster", address, *flags],
-        cwd=ROOT, env=clean_environment(home, **environment), capture_output=True, text=True, timeout=180,
+        cwd=ROOT, env=clean_environment(home, **ON_LOOPBACK, **environment), capture_output=True, text=True,
+        timeout=180,
     )  # fmt: skip
     lines = result.stdout.strip().splitlines()
     assert lines, result.stderr[-2000:]
@@ -134,7 +141,8 @@ def test_a_restyle_runs_on_a_cluster_joined_with_its_token(secured, tiny_spec, t
     result = subprocess.run(
         [sys.executable, "-m", "blender_unsample.engine", "restyle", "--job", str(job), "--progress", "json",
          "--cluster", secured.address, "--cluster-token-file", str(token_file)],
-        cwd=ROOT, env=clean_environment(tmp_path / "home"), capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=clean_environment(tmp_path / "home", **ON_LOOPBACK), capture_output=True, text=True,
+        timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "out").glob("*.png"))) == 6
