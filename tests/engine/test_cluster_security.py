@@ -74,8 +74,9 @@ def open_head(tmp_path_factory):
 
 
 def test_a_cluster_is_joined_with_its_token_file(secured, tmp_path):
-    token_file = tmp_path / "auth_token"
-    token_file.write_text(TOKEN + "\n")
+    token_file = tmp_path / "jeton d'accès ✓" / "auth_token"  # a name a user might give it; Windows line end
+    token_file.parent.mkdir()
+    token_file.write_bytes(TOKEN.encode() + b"\r\n")
     code, report = doctor(secured.address, tmp_path / "home", "--cluster-token-file", str(token_file))
     assert (code, report["ok"], report["nodes"]) == (0, True, 1), report
 
@@ -105,10 +106,24 @@ def test_a_wrong_token_is_refused_naming_the_file_never_the_token(secured, tmp_p
     assert "0" * 64 not in report["error"]
 
 
-def test_a_token_file_that_cannot_be_read_is_a_settings_error(secured, tmp_path):
-    code, report = doctor(secured.address, tmp_path / "home", "--cluster-token-file", str(tmp_path / "missing"))
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        ("missing", None, "cannot read the cluster token file {path}: No such file or directory"),
+        ("a-folder", "folder", "cannot read the cluster token file {path}: Is a directory"),
+        ("empty", b"\n", "the cluster token file {path} does not hold a token"),
+        ("binary", b"\xff\xfe\x00token", "cannot read the cluster token file {path}: not a text file"),
+    ],
+)
+def test_a_token_file_that_cannot_be_read_is_a_settings_error(secured, tmp_path, name, content, said):
+    path = tmp_path / name
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    code, report = doctor(secured.address, tmp_path / "home", "--cluster-token-file", str(path))
     assert code == ErrorCode.BAD_SETTINGS.exit_code
-    assert f"cannot read the cluster token file {tmp_path / 'missing'}" in report["error"]
+    assert said.format(path=path) in report["error"]
 
 
 def test_a_ray_client_address_asks_for_the_token_too(secured, tmp_path):
