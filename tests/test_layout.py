@@ -63,23 +63,98 @@ def test_addon_reaches_the_engine_only_through_protocol_and_errors(path):
 
 
 # Each layer may import the ones listed after it, and nothing else of the engine (the command line's
-# tiny-models command builds the test fixture models).
+# tiny-models command builds the test fixture models). No exceptions: the one module that reaches every
+# layer, the command line, sits above them all (engine/cli.py).
 LAYERS = {
     "cluster": {"job", "models", "method", "protocol", "errors"},
-    "job": {"models", "method", "protocol", "errors", "tiny_models"},
+    "job": {"models", "method", "protocol", "errors"},
     "models": {"protocol", "errors"},
     "method": {"protocol"},
 }
-# The command line is the one module that reaches up: to the optional cluster layer, when asked.
-REACHES_UP = {"cli.py": {"cluster"}}
+# The engine's own top-level modules: the shared facts at the bottom, the command line on top.
+TOP_LEVEL = {
+    "protocol": set(),
+    "errors": {"protocol"},
+    "tiny_models": {"protocol", "errors", "models"},
+    "cli": {"cluster", "job", "models", "method", "protocol", "errors", "tiny_models"},
+    "__main__": {"cli"},
+    "__init__": set(),
+}
 
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_engine_layers_import_only_the_layers_below(layer):
     for path in sorted((PACKAGE / "engine" / layer).rglob("*.py")):
         reached = {name.split(".")[0] for name in engine_imports(path)}
-        allowed = LAYERS[layer] | {layer} | REACHES_UP.get(path.name, set())
+        allowed = LAYERS[layer] | {layer}
         assert reached <= allowed, f"{path.name} reaches {reached - allowed}"
+
+
+def test_the_engines_top_level_modules_import_only_what_is_below_them():
+    modules = {path.stem for path in (PACKAGE / "engine").glob("*.py")}
+    assert modules == set(TOP_LEVEL), "a new top-level module: say where it sits"
+    for name, allowed in TOP_LEVEL.items():
+        reached = {module.split(".")[0] for module in engine_imports(PACKAGE / "engine" / f"{name}.py")}
+        assert reached <= allowed, f"{name}.py reaches {reached - allowed}"
+
+
+def module_graph(package: Path) -> dict[str, set[str]]:
+    """Every module under ``package`` (dotted, from the package root) and the modules of it that it
+    imports, lazily or not."""
+    modules = {".".join(p.relative_to(package).with_suffix("").parts): p for p in package.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        here = path.relative_to(PACKAGE).parent.parts
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or node.level == 0:
+                continue
+            base = [*here[: len(here) - node.level + 1], *(node.module or "").split(".")]
+            base = [part for part in base if part]
+            for alias in node.names:  # `from . import x` names a module; `from .x import y` names x
+                for candidate in (".".join([*base, alias.name]), ".".join(base)):
+                    inside = candidate.split(".", 1)[1] if candidate.startswith(package.name + ".") else ""
+                    if inside in modules:
+                        found.add(inside)
+                        break
+        graph[name] = found - {name}
+    return graph
+
+
+def import_circle(graph: dict[str, set[str]]) -> list[str]:
+    """One circle of imports in ``graph``, or an empty list."""
+    state: dict[str, int] = {}  # 1: on the path being walked, 2: done
+    path: list[str] = []
+
+    def walk(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := walk(nxt)):
+                return found
+        state[node] = 2
+        path.pop()
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (found := walk(start)):
+            return found
+    return []
+
+
+@pytest.mark.parametrize("part", ["engine", "addon"])
+def test_no_import_circles(part):
+    graph = module_graph(PACKAGE / part)
+    assert len(graph) > 10, "the graph was read"
+    circle = import_circle(graph)
+    assert not circle, " -> ".join(circle)
+
+
+def test_an_import_circle_is_found():
+    assert import_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert import_circle({"a": {"b"}, "b": set()}) == []
 
 
 def test_ray_is_imported_only_by_the_cluster_layer():

@@ -2,41 +2,23 @@
 
 from __future__ import annotations
 
-import textwrap
 import time
 from typing import Any
 
 import bpy
 
-from ..engine.protocol import MODEL_FILE_SUFFIXES
-from . import cluster, runner
+from ..engine.protocol import MODEL_FILE_SUFFIXES, REFINABLE_SAMPLERS
+from . import cluster
 from .operators.batch import checkpoint_problem
-from .operators.setup_worker import setup_problem
 from .paths import cache_usage
-from .preferences import ADDON_ID
+from .prefs import ADDON_ID, latent_cache_folder, preferences, worker_python
 from .properties import processing_size
-from .runner import RUNNER, latent_cache_folder, preferences, strip_problem, worker_python
+from .runner import RUNNER, strip_problem
+from .status import draw_cluster_state, draw_setup_gate, draw_setup_state, format_eta, wrapped
 from .strips import strips_to_restyle
 from .worker import worker_report
 
 ACTIVE = {"EXPORTING", "RUNNING"}
-
-
-def format_eta(seconds: float) -> str:
-    if seconds < 0:
-        return "estimating…"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d} left" if hours else f"{minutes}:{secs:02d} left"
-
-
-def _wrapped(layout: bpy.types.UILayout, text: str, width: int, icon: str = "NONE") -> None:
-    # Labels do not wrap: split by the sidebar's width (about 7 pixels a character).
-    lines = textwrap.wrap(text, max(20, width // 7)) or [""]
-    column = layout.column(align=True)
-    column.scale_y = 0.8 if len(lines) > 1 else 1.0
-    for i, line in enumerate(lines):
-        column.label(text=line, icon=icon if i == 0 else "BLANK1")
 
 
 class _SidebarPanel:
@@ -78,7 +60,7 @@ class SEQUENCER_PT_unsample(_SidebarPanel, bpy.types.Panel):
         if not strips:
             layout.label(text="Select strips to restyle", icon="INFO")
         elif len(strips) == 1:
-            _wrapped(layout, reasons[0] or strips[0].name, width, "ERROR" if reasons[0] else "SEQUENCE")
+            wrapped(layout, reasons[0] or strips[0].name, width, "ERROR" if reasons[0] else "SEQUENCE")
         else:
             layout.label(text=f"{len(usable)} of {len(strips)} selected strips can be restyled", icon="SEQUENCE")
 
@@ -86,7 +68,7 @@ class SEQUENCER_PT_unsample(_SidebarPanel, bpy.types.Panel):
         draw_prompts(layout, settings, width)
         checkpoint = checkpoint_problem(settings)
         if checkpoint:  # said here, not only in the grey button's tooltip
-            _wrapped(layout, checkpoint, width, "ERROR")
+            wrapped(layout, checkpoint, width, "ERROR")
         row = layout.row(align=True)
         row.scale_y = 1.5
         label = "Restyle" if len(usable) < 2 else f"Restyle {len(usable)} Strips"
@@ -117,7 +99,7 @@ def draw_prompts(layout: bpy.types.UILayout, settings: bpy.types.PropertyGroup, 
         choices.prop_enum(settings, "unsample_prompt_mode", mode, text=text)
     if describing and not settings.unsample_prompt.strip():
         hint = "Unsampling with a blank prompt. Describe the footage for a closer round trip."
-        _wrapped(layout, hint, width, "INFO")
+        wrapped(layout, hint, width, "INFO")
 
 
 _cache_reading = [0.0, -1.0]  # (bytes, when read): the folder is read at most every few seconds
@@ -177,7 +159,7 @@ def draw_worker_problem(layout: bpy.types.UILayout, context: bpy.types.Context) 
     problem = prefs and cluster.cluster_problem(prefs.cluster, prefs.cluster_address, prefs.cluster_token_file)
     if problem:
         row = layout.row()
-        _wrapped(row, problem, width - 50, "ERROR")
+        wrapped(row, problem, width - 50, "ERROR")
         row.operator("preferences.addon_show", text="", icon="PREFERENCES").module = ADDON_ID
     report = _worker_state()
     if not report or not report.get("missing"):
@@ -190,82 +172,12 @@ def draw_worker_problem(layout: bpy.types.UILayout, context: bpy.types.Context) 
         " Set Up Worker installs them (about 2.5 GB with CUDA, 200 MB for the CPU), or set Worker Python"
         " to an environment that has them."
     )
-    _wrapped(box, text, width - 50, "ERROR")  # narrower: the box's margins and the icon
+    wrapped(box, text, width - 50, "ERROR")  # narrower: the box's margins and the icon
     draw_setup_state(box, context, width - 50)
     draw_setup_gate(box, context, width - 50, downloads=True)
     row = box.row(align=True)
     row.operator("sequencer.unsample_setup_worker", icon="IMPORT")
     row.operator("preferences.addon_show", text="", icon="PREFERENCES").module = ADDON_ID
-
-
-def draw_setup_gate(layout: bpy.types.UILayout, context: bpy.types.Context, width: int, downloads: bool) -> None:
-    """Why Set Up Worker is grey, and the setting that turns it on, where Blender lets it be turned on
-    here: Allow Online Access (Blender's own checkbox, and the way to its place in the preferences)
-    and, with ``downloads``, Download Missing Models."""
-    if context.window_manager.unsample.setup.status == "RUNNING":
-        return  # grey because it runs: its progress is drawn instead
-    problem = setup_problem()
-    if not problem:
-        return
-    prefs = preferences()
-    if not runner.online_access():
-        if bpy.app.online_access_override:  # --offline-mode: Blender keeps it off until started without
-            text = "Set Up Worker is grey: Blender was started offline (--offline-mode). Start it without that."
-            _wrapped(layout, text, width, "INFO")
-            return
-        text = "Set Up Worker is grey: it downloads packages, and Blender's Allow Online Access is off."
-        _wrapped(layout, f"{text} Turn it on here or in Preferences > System > Network.", width, "INFO")
-        row = layout.row(align=True)
-        row.prop(bpy.context.preferences.system, "use_online_access", text="Allow Online Access")
-        # Its place in Blender's preferences; a globe, apart from the add-on's own gear.
-        row.operator("screen.userpref_show", text="", icon="INTERNET").section = "SYSTEM"
-    elif prefs is not None and not prefs.allow_downloads:
-        text = "Set Up Worker is grey: Download Missing Models is off in Unsample's preferences."
-        _wrapped(layout, text, width, "INFO")
-        if downloads:
-            layout.prop(prefs, "allow_downloads")
-    else:
-        _wrapped(layout, f"Set Up Worker is grey: {problem.rstrip('.')}.", width, "INFO")
-
-
-def draw_setup_state(layout: bpy.types.UILayout, context: bpy.types.Context, width: int) -> None:
-    """Set Up Worker's progress bar, ETA and Cancel while it runs; how it ended when it failed."""
-    state = context.window_manager.unsample.setup
-    if state.status == "RUNNING":
-        layout.label(text="Setting up the worker", icon="CONSOLE")
-        layout.progress(factor=state.progress, type="BAR", text=f"{state.progress:.0%}  {state.stage}")
-        row = layout.row()
-        row.label(text=format_eta(state.eta), icon="TIME")
-        row.operator("sequencer.unsample_setup_cancel", text="Cancel", icon="CANCEL")
-    elif state.status != "IDLE":
-        icon = {"FINISHED": "CHECKMARK", "FAILED": "ERROR", "CANCELLED": "CANCEL"}[state.status]
-        _wrapped(layout, state.message, width, icon)
-
-
-def draw_cluster_state(layout: bpy.types.UILayout, context: bpy.types.Context, width: int) -> None:
-    """With Cluster on: what is wrong with the setting, or the last Check Cluster's answer, and the button."""
-    prefs = preferences()
-    if prefs is None or prefs.cluster == "NONE":
-        return
-    problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address, prefs.cluster_token_file)
-    if problem:
-        _wrapped(layout, problem, width, "ERROR")
-        return
-    choice = cluster.cluster_choice(prefs)
-    report = cluster.cluster_report(worker_python(), choice)
-    name = cluster.display_name(choice.target)
-    if report is None:
-        text, icon = f"Cluster: {name}, not checked yet", "NETWORK_DRIVE"
-    elif report.get("checking"):
-        text, icon = f"Checking the cluster ({name})…", "TIME"
-    elif report.get("ok"):
-        # No GPUs: it works, on CPUs, slowly: said, not ticked.
-        text, icon = f"Cluster: {cluster.describe(report)}", "CHECKMARK" if report.get("gpus") else "INFO"
-    else:
-        text, icon = f"Cluster: {cluster.describe(report)}", "ERROR"  # the message names the address
-    column = layout.column()
-    _wrapped(column, text, width - 50, icon)
-    column.operator("sequencer.unsample_check_cluster", icon="FILE_REFRESH")
 
 
 def draw_job_box(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
@@ -289,7 +201,7 @@ def draw_job_box(layout: bpy.types.UILayout, context: bpy.types.Context) -> None
         box.operator("sequencer.unsample_cancel", text="Cancel", icon="CANCEL")
         return
     icon = {"FINISHED": "CHECKMARK", "CANCELLED": "CANCEL", "FAILED": "ERROR"}[state.status]
-    _wrapped(box, state.message or state.status.title(), width, icon)
+    wrapped(box, state.message or state.status.title(), width, icon)
     if RUNNER.resumable:
         box.operator("sequencer.unsample_resume", text="Resume", icon="RECOVER_LAST")
     if state.status == "FAILED" and state.log_tail:
@@ -362,7 +274,7 @@ class SEQUENCER_PT_unsample_sampling(_SettingsPanel, bpy.types.Panel):
         column.prop(settings, "unsample_cfg")
         column.prop(settings, "cfg")
         row = layout.row()
-        row.active = settings.sampler == "euler"  # DPM++ 2M has no step-local inverse to refine
+        row.active = settings.sampler in REFINABLE_SAMPLERS  # DPM++ 2M has no step-local inverse to refine
         row.prop(settings, "inversion_refinement", text="Refinement")
         layout.prop(settings, "noise")
         row = layout.row()

@@ -4,15 +4,10 @@ the GPU's memory (a property of the machine, not of the scene)."""
 import bpy
 
 from .cluster import ADDRESS_PLACEHOLDER, forget_cluster_reports
+from .prefs import ADDON_ID, GPU_MEMORY_OPTIONS
 from .properties import spec_property
+from .status import draw_cluster_state, draw_setup_gate, draw_setup_state
 from .worker import forget_worker_reports
-
-# Job settings that trade speed for GPU memory, cheapest first; each mirrors its JobSpec field.
-GPU_MEMORY_OPTIONS = ("chunk_feed_forward", "vae_batch", "cpu_offload", "vae_tiling")
-
-# The add-on's own module name: "blender_unsample" from a checkout, "bl_ext.<repo>.unsample"
-# when installed as an extension. Preferences are registered under it.
-ADDON_ID = __package__.rpartition(".")[0]
 
 
 def _forget_reports() -> None:
@@ -134,8 +129,6 @@ class UnsamplePreferences(bpy.types.AddonPreferences):
         row = layout.row(align=True)
         row.prop(self, "worker_python")
         row.operator("sequencer.unsample_setup_worker", text="Set Up Worker", icon="IMPORT")
-        from .panel import draw_cluster_state, draw_setup_gate, draw_setup_state  # the panel imports this module
-
         draw_setup_state(layout, context, 600)
         draw_setup_gate(layout, context, 600, downloads=False)  # Download Missing Models is further down
         layout.prop(self, "package_index", placeholder="PyPI, and PyTorch's index for this machine")

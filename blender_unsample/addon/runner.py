@@ -15,8 +15,6 @@ import collections
 import contextlib
 import json
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,11 +23,12 @@ from pathlib import Path
 import bpy
 
 from ..engine.protocol import Done, ErrorCode, ErrorEvent, FrameWritten, JobSpec, Progress, WarningEvent
+from . import prefs as looked_up
 from .cluster import cluster_arguments, cluster_choice, setup_hint
 from .cluster_batch import ClusterBatch
 from .export_process import ExportProcess, JobError, failure_text
 from .paths import new_run_folder, strip_folder
-from .preferences import ADDON_ID, GPU_MEMORY_OPTIONS
+from .prefs import GPU_MEMORY_OPTIONS, cache_root, latent_cache_folder, preferences, worker_python
 from .properties import job_spec, processing_size
 from .strips import (
     StripRef,
@@ -641,36 +640,9 @@ def frames_to_restyle(scene: bpy.types.Scene, strip: bpy.types.Sequence, preview
     return range(first, first + length)
 
 
-def preferences() -> bpy.types.AddonPreferences | None:
-    addon = bpy.context.preferences.addons.get(ADDON_ID)
-    return addon.preferences if addon else None
-
-
-def cache_root() -> Path:
-    prefs = preferences()
-    if prefs and prefs.cache_folder:
-        return Path(bpy.path.abspath(prefs.cache_folder))
-    try:  # an installed extension has a user folder of its own
-        return Path(bpy.utils.extension_path_user(ADDON_ID, create=True))
-    except (ValueError, AttributeError):
-        return Path(tempfile.gettempdir()) / "blender-unsample"
-
-
-def worker_python() -> str:
-    prefs = preferences()
-    if prefs and prefs.worker_python:
-        return bpy.path.abspath(prefs.worker_python)
-    return sys.executable
-
-
-def online_access() -> bool:
-    """Blender's Allow Online Access (System preferences, or --online-mode)."""
-    return bpy.app.online_access
-
-
 def _preference_overrides(job: StripJob) -> dict[str, object]:
     prefs = preferences()
-    online = online_access()
+    online = looked_up.online_access()  # looked up at call time: tests stand in for Blender's setting
     return {
         "device": prefs.device if prefs else "auto",
         "allow_download": bool(prefs and prefs.allow_downloads and online),
@@ -679,10 +651,6 @@ def _preference_overrides(job: StripJob) -> dict[str, object]:
         "cache_limit_mb": round((prefs.cache_limit_gb if prefs else 4.0) * 1024),
         **{name: getattr(prefs, name) for name in GPU_MEMORY_OPTIONS if prefs},
     }
-
-
-def latent_cache_folder() -> Path:
-    return cache_root() / "latents"
 
 
 RUNNER = Runner()

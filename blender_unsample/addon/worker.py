@@ -28,7 +28,7 @@ spec = importlib.util.spec_from_file_location(
 package = importlib.util.module_from_spec(spec)
 sys.modules["unsample_worker"] = package
 spec.loader.exec_module(package)
-from unsample_worker.engine.job.cli import main
+from unsample_worker.engine.cli import main
 sys.exit(main())
 """
 

@@ -46,9 +46,14 @@ DEFAULT_MODELS: dict[str, ModelSet] = {
 
 FAMILIES = tuple(DEFAULT_MODELS)
 FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL"}  # for people: in messages and menus
+# A Hugging Face Hub id ("org/name"), as the worker and the add-on tell one from a path.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What the worker's Python must have (import names); `doctor` reports on each.
 WORKER_PACKAGES = ("torch", "diffusers", "transformers", "safetensors", "accelerate", "numpy", "PIL")
 SAMPLERS = ("euler", "dpmpp_2m")
+# The samplers whose unsample step can be refined into the exact inverse of their resample step
+# (--inversion-refinement): a one-step method has a step-local inverse, a multistep one does not.
+REFINABLE_SAMPLERS = ("euler",)
 SCHEDULERS = ("ays", "karras", "exponential", "normal")
 CONTROLS = ("none", "canny", "tile")
 FUSIONS = ("pyramid", "flat")

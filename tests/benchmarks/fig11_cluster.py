@@ -29,7 +29,7 @@ import torch
 from jobs import ROOT, build_tiny_models, job_spec, write_clip
 from report import REPEATS, Figure, spread, summary
 
-from blender_unsample.engine.method.context import ContextWindowDenoiser, context_windows
+from blender_unsample.engine.method.context_windows import ContextWindowDenoiser, context_windows
 from blender_unsample.engine.method.denoisers import Conditioning, Guidance
 
 # Achieved fp16 throughput assumed for the projection (TFLOP/s): a 12 GB-class card and a fast one.

@@ -23,9 +23,9 @@ from jobs import build_tiny_models, write_clip
 from PIL import Image
 from report import REPEATS, Figure, spread
 
-from blender_unsample.engine.job.control import ControlledUNet
+from blender_unsample.engine.job.controlnet import ControlledUNet
 from blender_unsample.engine.job.prompts import encode_prompt
-from blender_unsample.engine.method.context import ContextWindowDenoiser, context_windows
+from blender_unsample.engine.method.context_windows import ContextWindowDenoiser, context_windows
 from blender_unsample.engine.method.denoisers import Guidance, UNetDenoiser
 from blender_unsample.engine.method.schedules import get_sigmas
 from blender_unsample.engine.method.unsampling import resample, unsample

@@ -357,7 +357,7 @@ def unet_step(
     device: str = "meta",
     chunk: bool = False,
 ) -> LiveBytes:
-    """One guided model call on one context window, as denoisers.py and control.py make it, its live
+    """One guided model call on one context window, as denoisers.py and controlnet.py make it, its live
     tensor bytes counted."""
     watched = (models.unet, models.controlnet) if control else (models.unet,)
     with feed_forward_chunked(models, chunk), counting(*watched) as tracker:
@@ -464,7 +464,7 @@ def clip_bytes_per_frame(latent_side: int) -> float:
     """Clip-length fp32 latents the sampling passes keep on the GPU (source latents, the unsampled
     noise, the sampler's x and denoised, the window fusion's sums), per clip frame: measured on the
     engine's own samplers and window fusion with a stand-in model, as a slope over clip length."""
-    from blender_unsample.engine.method.context import ContextWindowDenoiser, context_windows
+    from blender_unsample.engine.method.context_windows import ContextWindowDenoiser, context_windows
     from blender_unsample.engine.method.samplers import sample_dpmpp_2m, sample_euler_inverse
 
     def stand_in(x: torch.Tensor, sigma: float, **_: Any) -> torch.Tensor:

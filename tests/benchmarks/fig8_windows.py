@@ -39,7 +39,7 @@ from gaussian_video import GaussianVideo
 from report import Figure
 
 from blender_unsample.engine.method import schedules
-from blender_unsample.engine.method.context import ContextWindowDenoiser, context_windows
+from blender_unsample.engine.method.context_windows import ContextWindowDenoiser, context_windows
 from blender_unsample.engine.method.unsampling import resample, unsample
 from blender_unsample.engine.protocol import JobSpec
 

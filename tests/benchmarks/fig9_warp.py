@@ -14,7 +14,7 @@ from warp_error import demo_like_clip, load_frames, save_clip_frames, warp_error
 
 from blender_unsample.engine.job.pipeline import restyle
 from blender_unsample.engine.method import schedules
-from blender_unsample.engine.method.context import ContextWindowDenoiser, context_windows
+from blender_unsample.engine.method.context_windows import ContextWindowDenoiser, context_windows
 from blender_unsample.engine.method.unsampling import resample, unsample
 
 

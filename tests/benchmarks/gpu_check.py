@@ -63,9 +63,9 @@ from jobs import ROOT, job_spec, write_clip  # noqa: E402  (puts the repository 
 from blender_unsample.engine import tiny_models  # noqa: E402
 from blender_unsample.engine.errors import UnsampleError  # noqa: E402
 from blender_unsample.engine.job import pipeline  # noqa: E402
-from blender_unsample.engine.job.control import ControlledUNet  # noqa: E402
+from blender_unsample.engine.job.controlnet import ControlledUNet  # noqa: E402
 from blender_unsample.engine.job.prompts import encode_prompt  # noqa: E402
-from blender_unsample.engine.method.context import context_windows  # noqa: E402
+from blender_unsample.engine.method.context_windows import context_windows  # noqa: E402
 from blender_unsample.engine.method.denoisers import Guidance, UNetDenoiser  # noqa: E402
 from blender_unsample.engine.method.schedules import get_sigmas  # noqa: E402
 from blender_unsample.engine.method.unsampling import unsample  # noqa: E402

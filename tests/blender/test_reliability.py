@@ -26,7 +26,7 @@ from conftest import (
     write_movie,
 )
 
-from blender_unsample.addon import runner
+from blender_unsample.addon import prefs as looked_up
 from blender_unsample.addon.operators.batch import BatchOperator
 from blender_unsample.addon.runner import RUNNER
 from blender_unsample.addon.worker import Worker
@@ -371,7 +371,7 @@ def test_the_saved_blend_and_the_source_strip_are_untouched_by_a_restyle_and_a_f
 
 @pytest.mark.parametrize(("online", "preference"), [(False, False), (False, True), (True, False), (True, True)])
 def test_models_are_downloaded_only_with_online_access_and_the_preference(image_strip, monkeypatch, online, preference):
-    monkeypatch.setattr(runner, "online_access", lambda: online)
+    monkeypatch.setattr(looked_up, "online_access", lambda: online)
     bpy.context.preferences.addons["blender_unsample"].preferences.allow_downloads = preference
     RUNNER.enqueue(bpy.context.scene, [image_strip])
     RUNNER.tick()  # works out the job's settings and starts exporting

@@ -268,7 +268,7 @@ def test_a_missing_worker_python_is_named(image_strip, tmp_path):
 
 
 def test_the_worker_python_is_asked_what_it_can_do(addon):
-    from blender_unsample.addon.runner import worker_python
+    from blender_unsample.addon.prefs import worker_python
     from blender_unsample.addon.worker import forget_worker_reports
 
     forget_worker_reports()
@@ -357,7 +357,7 @@ def test_the_lora_list_and_config_folder_reach_the_job(addon, tmp_path):
 
 def test_a_second_style_reuses_the_cached_unsample_pass_and_the_cache_can_be_cleared(image_strip, capfd):
     from blender_unsample.addon.paths import cache_usage
-    from blender_unsample.addon.runner import latent_cache_folder
+    from blender_unsample.addon.prefs import latent_cache_folder
 
     scene = bpy.context.scene
     settings = scene.unsample

@@ -18,7 +18,8 @@ import bpy
 import pytest
 from conftest import ROOT, poll_message, styled_strips, worker_python
 
-from blender_unsample.addon import runner, worker_setup
+from blender_unsample.addon import prefs as looked_up
+from blender_unsample.addon import worker_setup
 from blender_unsample.addon.operators import SEQUENCER_OT_unsample_setup_cancel, SEQUENCER_OT_unsample_setup_worker
 from blender_unsample.addon.operators import setup_worker as setup_operator
 from blender_unsample.addon.worker_setup import (
@@ -233,7 +234,7 @@ def test_disabling_the_add_on_stops_a_running_set_up(setup_prefs):
 def test_the_button_is_grey_with_the_reason_unless_online_or_local(
     addon, monkeypatch, tmp_path, index, online, downloads, reason
 ):
-    monkeypatch.setattr(runner, "online_access", lambda: online)
+    monkeypatch.setattr(looked_up, "online_access", lambda: online)
     addon.package_index = index.format(tmp=tmp_path)
     addon.allow_downloads = downloads
     ok, message = poll_message(SEQUENCER_OT_unsample_setup_worker, bpy.context)

@@ -13,7 +13,8 @@ import pytest
 from conftest import poll_message
 from test_prompts import Layout, draw, labels, props
 
-from blender_unsample.addon import panel, runner
+from blender_unsample.addon import panel
+from blender_unsample.addon import prefs as looked_up
 from blender_unsample.addon.operators import (
     SEQUENCER_OT_unsample_preview,
     SEQUENCER_OT_unsample_restyle,
@@ -48,7 +49,7 @@ def fresh_install(image_strip, bare_python, monkeypatch):
     prefs = bpy.context.preferences.addons["blender_unsample"].preferences
     prefs.worker_python = bare_python
     prefs.package_index, prefs.allow_downloads = "", True
-    monkeypatch.setattr(runner, "online_access", lambda: False)
+    monkeypatch.setattr(looked_up, "online_access", lambda: False)
     bpy.context.window_manager.unsample.setup.status = "IDLE"
     assert "torch" in wait_for_report(bare_python)["missing"]
     return prefs
@@ -97,7 +98,7 @@ def test_the_panel_says_set_up_worker_needs_online_access_and_offers_it(fresh_in
 
 
 def test_the_panel_names_download_missing_models_when_that_is_what_is_off(fresh_install, monkeypatch):
-    monkeypatch.setattr(runner, "online_access", lambda: True)
+    monkeypatch.setattr(looked_up, "online_access", lambda: True)
     fresh_install.allow_downloads = False
     drawn = draw(panel.SEQUENCER_PT_unsample, bpy.context.scene)
     assert "Set Up Worker is grey: Download Missing Models is off" in labels(drawn).replace("  ", " ")

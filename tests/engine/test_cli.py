@@ -13,8 +13,8 @@ import pytest
 from conftest import write_clip
 from PIL import Image
 
-from blender_unsample.engine.job.cli import _parser
-from blender_unsample.engine.method.context import context_windows
+from blender_unsample.engine.cli import _parser
+from blender_unsample.engine.method.context_windows import context_windows
 from blender_unsample.engine.protocol import ErrorCode, JobSpec, Progress, event_from_json
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from gaussian_video import GaussianVideo
 
-from blender_unsample.engine.method.context import ContextWindowDenoiser, context_windows
+from blender_unsample.engine.method.context_windows import ContextWindowDenoiser, context_windows
 
 
 def dense_posterior_mean(model: GaussianVideo, x: torch.Tensor, sigma: float, frames=None) -> torch.Tensor:

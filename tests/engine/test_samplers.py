@@ -143,3 +143,11 @@ def test_dpmpp_2m_ignores_refinement(mixture, data):
     plain = unsample(mixture, data, schedules.ays(8), sampler="dpmpp_2m")
     refined = unsample(mixture, data, schedules.ays(8), sampler="dpmpp_2m", refine=3)
     assert torch.equal(plain, refined)
+
+
+def test_the_refinable_samplers_are_the_ones_with_a_refined_inverse():
+    from blender_unsample.engine.method.samplers import REFINED_INVERSES, SAMPLERS
+    from blender_unsample.engine.protocol import REFINABLE_SAMPLERS
+    from blender_unsample.engine.protocol import SAMPLERS as SAMPLER_NAMES
+
+    assert set(REFINED_INVERSES) == set(REFINABLE_SAMPLERS) <= set(SAMPLERS) == set(SAMPLER_NAMES)

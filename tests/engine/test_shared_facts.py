@@ -145,7 +145,7 @@ def test_families():
 
 
 def test_controls_each_have_a_hint_and_a_default_controlnet_per_family():
-    from blender_unsample.engine.job.control import make_hints
+    from blender_unsample.engine.job.controlnet import make_hints
 
     frames = torch.randint(0, 256, (1, 16, 16, 3), dtype=torch.uint8).numpy()
     hinted = [kind for kind in protocol.CONTROLS if kind != "none"]
@@ -158,7 +158,7 @@ def test_controls_each_have_a_hint_and_a_default_controlnet_per_family():
 
 
 def test_fusions():
-    from blender_unsample.engine.method.context import fusion_weights
+    from blender_unsample.engine.method.context_windows import fusion_weights
 
     for kind in protocol.FUSIONS:
         assert fusion_weights(5, kind).shape == (5,)

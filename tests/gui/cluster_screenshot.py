@@ -143,7 +143,7 @@ _seen: set[str] = set()
 
 def watch_the_answers() -> float | None:
     """Log when each check's answer comes (to time the shots); scroll the sidebar to the local one."""
-    cluster, runner = addon_module("addon.cluster"), addon_module("addon.runner")
+    cluster, runner = addon_module("addon.cluster"), addon_module("addon.prefs")
     for target in ("auto", ADDRESS):
         report = cluster.cluster_report(runner.worker_python(), cluster.ClusterChoice(target))
         if report and not report.get("checking") and target not in _seen:

@@ -8,23 +8,22 @@ None of them starts a job on a worker Python that is known to lack its packages:
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from pathlib import Path
 
 import bpy
 
-from ...engine.protocol import MODEL_FILE_SUFFIXES
+from ...engine.protocol import HUB_ID, MODEL_FILE_SUFFIXES
 from ..cluster import cluster_problem
+from ..prefs import preferences, worker_python
 from ..properties import _model_path
-from ..runner import RUNNER, preferences, worker_python
+from ..runner import RUNNER
 from ..strips import has_strips
 from ..worker import settled_worker_report, worker_report
 from .setup_worker import setup_problem
 
 TIMER_INTERVAL = 0.1
 # What the worker takes for a Hugging Face id rather than a path (engine/models/components.py).
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def missing_text(names: list[str]) -> str:

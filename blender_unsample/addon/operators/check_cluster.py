@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import bpy
 
-from .. import cluster, runner
+from .. import cluster
+from .. import prefs as looked_up
 
 
 def current_choice() -> tuple[cluster.ClusterChoice | None, str | None]:
     """The cluster the preferences name, or None and why it cannot be checked."""
-    prefs = runner.preferences()
+    prefs = looked_up.preferences()
     if prefs is None or prefs.cluster == "NONE":
         return None, "Cluster is None in Unsample's preferences: jobs run on the worker alone"
     problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address, prefs.cluster_token_file)
@@ -45,7 +46,7 @@ class SEQUENCER_OT_unsample_check_cluster(bpy.types.Operator):
         if problem:
             cls.poll_message_set(problem)
             return False
-        report = cluster.cluster_report(runner.worker_python(), choice)
+        report = cluster.cluster_report(looked_up.worker_python(), choice)
         if report and report.get("checking"):
             cls.poll_message_set("The cluster is being checked")
             return False
@@ -53,7 +54,7 @@ class SEQUENCER_OT_unsample_check_cluster(bpy.types.Operator):
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         choice, _ = current_choice()
-        cluster.check_cluster(runner.worker_python(), choice)
+        cluster.check_cluster(looked_up.worker_python(), choice)
         if not bpy.app.timers.is_registered(_redraw_when_checked):
             bpy.app.timers.register(_redraw_when_checked, first_interval=0.5)
         self.report({"INFO"}, f"Checking the cluster ({cluster.display_name(choice.target)})")
@@ -61,7 +62,7 @@ class SEQUENCER_OT_unsample_check_cluster(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         choice, _ = current_choice()
-        python = runner.worker_python()
+        python = looked_up.worker_python()
         cluster.check_cluster(python, choice).join()
         report = cluster.cluster_report(python, choice) or {}
         if not report.get("ok"):

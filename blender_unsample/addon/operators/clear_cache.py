@@ -2,7 +2,8 @@ import bpy
 
 from ..panel import forget_cache_reading, size_text
 from ..paths import clear_cache
-from ..runner import RUNNER, latent_cache_folder
+from ..prefs import latent_cache_folder
+from ..runner import RUNNER
 
 
 class SEQUENCER_OT_unsample_clear_cache(bpy.types.Operator):

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import bpy
 
-from .. import runner, worker_setup
+from .. import prefs as looked_up
+from .. import worker_setup
 from ..cluster import forget_cluster_reports
-from ..preferences import ADDON_ID
+from ..prefs import ADDON_ID
 from ..worker import forget_worker_reports
 
 TIMER_INTERVAL = 0.2
@@ -27,26 +28,26 @@ def setup_root() -> Path:
     try:
         return Path(bpy.utils.extension_path_user(ADDON_ID, create=True))
     except (ValueError, AttributeError):  # not installed as an extension (or Blender before 4.2)
-        return runner.cache_root()
+        return looked_up.cache_root()
 
 
 def package_index() -> str:
-    prefs = runner.preferences()
+    prefs = looked_up.preferences()
     index = prefs.package_index.strip() if prefs else ""
     return bpy.path.abspath(index) if index and "://" not in index else index  # a //relative folder
 
 
 def with_cluster() -> bool:
     """Ray goes into the environment too while the Cluster preference is on."""
-    prefs = runner.preferences()
+    prefs = looked_up.preferences()
     return bool(prefs and prefs.cluster != "NONE")
 
 
 def setup_problem() -> str | None:
-    prefs = runner.preferences()
+    prefs = looked_up.preferences()
     downloads = bool(prefs and prefs.allow_downloads)
     running = worker_setup.running() is not None
-    return worker_setup.setup_problem(package_index(), runner.online_access(), downloads, running)
+    return worker_setup.setup_problem(package_index(), looked_up.online_access(), downloads, running)
 
 
 def show(context: bpy.types.Context, job: worker_setup.SetupJob) -> None:
@@ -94,7 +95,7 @@ class SEQUENCER_OT_unsample_setup_worker(bpy.types.Operator):
                 setup_root(),
                 package_index(),
                 cluster=with_cluster(),
-                worker_python=runner.worker_python(),
+                worker_python=looked_up.worker_python(),
             )
         except (OSError, RuntimeError) as error:
             self.report({"ERROR"}, f"Cannot set up the worker: {error}")
@@ -151,7 +152,7 @@ class SEQUENCER_OT_unsample_setup_worker(bpy.types.Operator):
             return {"CANCELLED"}
         # Only now, with its check passed: a failed set-up leaves the old Worker Python as it was. The
         # environment it pointed at stays too (a job may still run from it); the next set-up reuses it.
-        prefs = runner.preferences()
+        prefs = looked_up.preferences()
         if prefs is not None:
             prefs.worker_python = str(job.python)
         forget_worker_reports()

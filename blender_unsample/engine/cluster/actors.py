@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from ..errors import UnsampleError
-from ..job.control import ControlledUNet
+from ..job.denoiser import build_denoiser
 from ..job.devices import chunk_feed_forward, pick_placement
 from ..job.pipeline import restyle
-from ..method.denoisers import Guidance, UNetDenoiser
+from ..method.denoisers import Guidance
 from ..models import Components, load_components
 from ..protocol import RELOAD_ROLES, Done, ErrorCode, Event, JobSpec, settings_with
 
@@ -78,16 +78,7 @@ class WindowWorker:
             model.to(self.device)
             if spec.chunk_feed_forward:
                 chunk_feed_forward(model)
-        self.unet = ControlledUNet(
-            components.unet,
-            components.controlnet,
-            None,
-            spec.controlnet_strength,
-            spec.control_start,
-            spec.control_end,
-            components.scheduler.config.num_train_timesteps,
-        )
-        self.denoiser = UNetDenoiser.from_scheduler(self.unet, components.scheduler, not components.motion)
+        self.unet, self.denoiser = build_denoiser(components, spec, None)  # hints come with each pass
         self.controlnet = components.controlnet is not None
         self.guidance: Guidance | None = None
         self.shared_keys: tuple[str, str] = ("", "")

@@ -17,7 +17,7 @@ from ..protocol import ErrorCode, Event, JobSpec
 from .actors import WindowWorker, worker_name
 from .auth import ClusterAccess
 from .connect import ClusterInfo, describe, session
-from .strips import make_workers, run_strips
+from .strip_workers import make_workers, run_strips
 from .windows import RemoteWindows
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import cancelled
-from ..method.context import WindowEvaluator
+from ..method.context_windows import WindowEvaluator
 from ..method.denoisers import Conditioning, Guidance
 from .actors import worker_result
 

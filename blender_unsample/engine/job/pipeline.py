@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from ..errors import UnsampleError, cancelled
-from ..method.context import ContextWindowDenoiser, WindowEvaluator, context_windows
+from ..method.context_windows import ContextWindowDenoiser, WindowEvaluator, context_windows
 from ..method.denoisers import Conditioning, Guidance, UNetDenoiser
 from ..method.schedules import get_sigmas
 from ..method.unsampling import resample, unsample
 from ..models import Components, load_components
-from ..protocol import Done, ErrorCode, Event, FrameWritten, JobSpec, Progress, WarningEvent
-from .control import ControlledUNet, make_hints
+from ..protocol import REFINABLE_SAMPLERS, Done, ErrorCode, Event, FrameWritten, JobSpec, Progress, WarningEvent
+from .controlnet import make_hints
+from .denoiser import build_denoiser
 from .devices import (
     Placement,
     Residency,
@@ -164,9 +165,10 @@ class RestyleRun:
             usable_folder(Path(spec.cache_dir).expanduser(), "cache folder", hint)
             # Every frame decoded now, before any model loads: a damaged one is named at once.
             self.pixels = pixel_digest(self.frames)
-        self.refine = spec.inversion_refinement if spec.sampler == "euler" else 0
+        self.refine = spec.inversion_refinement if spec.sampler in REFINABLE_SAMPLERS else 0
         if spec.inversion_refinement and not self.refine:
-            self.warn(f"inversion refinement works with the euler sampler; {spec.sampler} unsamples without it")
+            refinable = ", ".join(REFINABLE_SAMPLERS)
+            self.warn(f"inversion refinement works with the {refinable} sampler; {spec.sampler} unsamples without it")
         self.tracker = ProgressTracker(self.emit, len(self.frames), {})
 
     def load_models(self) -> None:
@@ -246,16 +248,7 @@ class RestyleRun:
         hints = _open_hints(scratch, spec, len(self.frames), self.size)
         with self.residency.phase(components.vae if noise is None else None):
             latents = self._read_frames(hints, encode=noise is None)
-        unet = ControlledUNet(
-            components.unet,
-            components.controlnet,
-            hints,
-            spec.controlnet_strength,
-            spec.control_start,
-            spec.control_end,
-            components.scheduler.config.num_train_timesteps,
-        )
-        denoiser = UNetDenoiser.from_scheduler(unet, components.scheduler, frames_in_batch=not components.motion)
+        unet, denoiser = build_denoiser(components, spec, hints)
         sigmas = get_sigmas(spec.scheduler, spec.steps, training_sigmas=denoiser.sigmas, family=spec.family)
         with self.residency.phase(*self._sampling_models()):
             if noise is None:

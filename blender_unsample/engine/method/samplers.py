@@ -117,6 +117,10 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "euler": sample_euler,
     "dpmpp_2m": sample_dpmpp_2m,
 }
+# The refined inverse of each sampler protocol.REFINABLE_SAMPLERS names.
+REFINED_INVERSES: dict[str, Callable[..., torch.Tensor]] = {
+    "euler": sample_euler_inverse,
+}
 
 # Samplers other tools offer that add fresh noise on every step: their path cannot be run
 # backwards, so unsampling with them cannot return to the source.

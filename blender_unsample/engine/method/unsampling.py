@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .samplers import Denoiser, StepCallback, get_sampler, sample_euler, sample_euler_inverse
+from .samplers import REFINED_INVERSES, Denoiser, StepCallback, get_sampler
 from .schedules import flip
 
 
@@ -25,14 +25,16 @@ def unsample(
 
     ``sigmas`` is the ordinary decreasing schedule that :func:`resample` will use; no noise is
     added, so the result is deterministic and still carries the source's motion and layout.
-    With ``refine`` > 0 each Euler step is refined so that resampling with Euler lands back on
-    the source (see :func:`sample_euler_inverse`); DPM++ 2M's multistep update has no such
-    step-local inverse, so it ignores ``refine``.
+    With ``refine`` > 0 each step of a refinable sampler (Euler: protocol.REFINABLE_SAMPLERS) is
+    refined so that resampling with it lands back on the source (see
+    :func:`~.samplers.sample_euler_inverse`); DPM++ 2M's multistep update has no such step-local
+    inverse, so it ignores ``refine``.
     """
     _check_decreasing(sigmas)
     run = get_sampler(sampler)
-    if refine > 0 and run is sample_euler:
-        return sample_euler_inverse(model, latents, flip(sigmas), extra_args, callback, refine=refine)
+    inverse = REFINED_INVERSES.get(sampler.strip().lower())
+    if refine > 0 and inverse is not None:
+        return inverse(model, latents, flip(sigmas), extra_args, callback, refine=refine)
     return run(model, latents, flip(sigmas), extra_args, callback)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +12,13 @@ import torch
 from safetensors import SafetensorError
 
 from ..errors import UnsampleError, first_line
-from ..protocol import ErrorCode, JobSpec
+from ..protocol import HUB_ID, ErrorCode, JobSpec
 from . import families, hotshot, single_file
 from .add_embedding import copy_add_embedding
 from .lora import apply_loras
 
 log = logging.getLogger(__name__)
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What diffusers and transformers raise for a model they cannot load (a damaged safetensors file
 # comes through as its own error class in transformers).
 _LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
@@ -248,7 +246,7 @@ def load_pretrained(
     local = Path(source).expanduser()
     if local.exists():
         return _from_pretrained(cls, method, str(local), subfolder, role, ErrorCode.MODEL_INVALID, **kwargs)
-    if not _HUB_ID.match(source):
+    if not HUB_ID.match(source):
         raise UnsampleError(ErrorCode.MODEL_NOT_FOUND, f"the {role} {source} does not exist")
     try:
         return getattr(cls, method)(source, subfolder=subfolder, local_files_only=True, **kwargs)
@@ -339,7 +337,7 @@ def _cached_folder(repo: str) -> Path | None:
     """The Hugging Face cache's copy of ``repo``, if it has one."""
     from huggingface_hub import snapshot_download
 
-    if not _HUB_ID.match(repo):
+    if not HUB_ID.match(repo):
         return None
     try:
         return Path(snapshot_download(repo, local_files_only=True))

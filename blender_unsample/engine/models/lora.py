@@ -37,12 +37,14 @@ import torch
 from torch import nn
 
 from ..errors import UnsampleError
+from ..protocol import FAMILY_NAMES as PROTOCOL_FAMILY_NAMES
 from ..protocol import ErrorCode
 from .single_file import inaccessible
 
 log = logging.getLogger(__name__)
 
-FAMILY_NAMES = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL"}
+# The families a LoRA can be of: ours, and SD 2.x, told apart only to be refused by name.
+FAMILY_NAMES = {**PROTOCOL_FAMILY_NAMES, "sd2": "SD 2.x"}
 
 # How a file names the two halves of an update and its alpha; anything else is left out.
 _ROLES = {

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..errors import UnsampleError, first_line
-from ..protocol import MODEL_FILE_SUFFIXES, ErrorCode
+from ..protocol import DEFAULT_MODELS, HUB_ID, MODEL_FILE_SUFFIXES, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,7 @@ Shapes = Mapping[str, tuple[int, ...]]
 
 SINGLE_FILE_SUFFIXES = frozenset(MODEL_FILE_SUFFIXES)
 # The repos whose configs fit each family's single files (diffusers' own defaults for them).
-CONFIG_REPOS = {
-    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
+CONFIG_REPOS = {family: models.checkpoint for family, models in DEFAULT_MODELS.items()}
 CONTROLNET_CONFIG_REPOS = {"sd15": "lllyasviel/control_v11p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"}
 # diffusers' versions of AnimateDiff's releases (configs only; a motion module's can be read off its weights).
 MOTION_CONFIG_REPOS = {
@@ -57,7 +54,6 @@ CONFIG_FILES = ["*.json", "**/*.json", "*.txt", "**/*.txt"]
 MOTION_HEADS = 8
 MOTION_GROUPS = 32
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _UNET = "model.diffusion_model."
 _VAE = ("first_stage_model.", "vae.")
 _TEXT_ENCODERS = {
@@ -357,7 +353,7 @@ def resolve_config(
                     f"folder of the matching kind (such as a local copy of {default_repo})",
                 )
             return folder
-        if not _HUB_ID.match(str(config)):
+        if not HUB_ID.match(str(config)):
             raise UnsampleError(ErrorCode.MODEL_NOT_FOUND, f"the config folder {config} for the {role} does not exist")
     repo = str(config) if config else default_repo
     cached = _cached_configs(repo, required)

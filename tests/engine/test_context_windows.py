@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from blender_unsample.engine.method.context import ContextWindowDenoiser, context_windows, fusion_weights
+from blender_unsample.engine.method.context_windows import ContextWindowDenoiser, context_windows, fusion_weights
 
 
 def coverage(windows, frames):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from canny_images import IMAGES, make_image
 
-from blender_unsample.engine.job.control import canny_edges, make_hints
+from blender_unsample.engine.job.controlnet import canny_edges, make_hints
 
 
 def square(size=32, lo=8, hi=24):

@@ -20,8 +20,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import Cancelled, CancelRequest, UnsampleError
-from ..protocol import (
+from .errors import Cancelled, CancelRequest, UnsampleError
+from .protocol import (
     ErrorCode,
     ErrorEvent,
     Event,
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     if args.command == "tiny-models":
         try:
-            from ..tiny_models import build_tiny_models
+            from .tiny_models import build_tiny_models
         except ImportError:  # the installed extension leaves this test fixture out
             print(
                 "tiny-models: run it from a checkout of Unsample; the installed extension has no test models",
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: str(v) for k, v in dataclasses.asdict(models).items()}))
         return 0
     if args.command == "doctor":
-        from .doctor import report
+        from .job.doctor import report
 
         print(json.dumps(report()))
         return 0
@@ -158,7 +158,7 @@ def _restyle(args: argparse.Namespace) -> int:
     except ValueError as error:
         return _fail(emit, UnsampleError(ErrorCode.BAD_SETTINGS, f"bad job: {error}"))
 
-    from .doctor import missing_packages
+    from .job.doctor import missing_packages
 
     missing = missing_packages()
     if missing:
@@ -224,14 +224,14 @@ def _run_jobs(
     """Each job's error or None. Without a cluster, jobs run one after another here; a failed job
     is reported (with its index in a batch) and the next one starts. A cancel stops them all."""
     if args.cluster:
-        from ..cluster.run import run_on_cluster
+        from .cluster.run import run_on_cluster
 
         errors = run_on_cluster(specs, args.cluster, args.cluster_workers, emit, cancel, _cluster_access(args))
         if len(specs) == 1 and errors[0] is not None:
             raise errors[0]  # a single job's error is reported as the job's, like without a cluster
         return errors
-    from .pipeline import restyle
-    from .progress import BatchProgress
+    from .job.pipeline import restyle
+    from .job.progress import BatchProgress
 
     if len(specs) == 1:
         restyle(specs[0], emit, cancel)
@@ -252,14 +252,14 @@ def _run_jobs(
 
 
 def _cluster_access(args: argparse.Namespace):  # -> cluster.auth.ClusterAccess: imported only for a cluster
-    from ..cluster.auth import ClusterAccess
+    from .cluster.auth import ClusterAccess
 
     return ClusterAccess(args.cluster_token_file, args.cluster_allow_unauthenticated)
 
 
 def _doctor_cluster(args: argparse.Namespace) -> int:
     """Reach the cluster and say what it has, as one JSON object."""
-    from ..cluster.connect import describe, session
+    from .cluster.connect import describe, session
 
     try:
         with session(args.cluster, _cluster_access(args)) as ray:
