@@ -140,3 +140,30 @@ def test_motion_unet_prompt_changes_the_result(scheduler, motion_unet, encode):
     same = resample(model, noise, sigmas, extra_args={"guidance": source})
     styled = resample(model, noise, sigmas, extra_args={"guidance": Guidance(encode("an oil painting"))})
     assert not torch.allclose(same, styled, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "flow"])
+def test_each_parameterisation_gives_back_the_clean_sample_from_an_exact_prediction(kind):
+    from blender_unsample.engine.method.denoisers import PARAMETERISATIONS
+
+    x0, eps = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    sigma = 0.35 if kind == "flow" else 2.7
+    if kind == "flow":  # rectified flow: x = (1 - t) x0 + t eps, velocity eps - x0
+        x, output = (1 - sigma) * x0 + sigma * eps, eps - x0
+    else:
+        x = x0 + sigma * eps
+        alpha = 1 / (1 + sigma**2) ** 0.5
+        output = eps if kind == "epsilon" else alpha * eps - sigma * alpha * x0
+    torch.testing.assert_close(PARAMETERISATIONS[kind].denoised(x, sigma, output), x0)
+
+
+def test_an_euler_step_of_the_samplers_follows_a_flow_models_velocity_exactly():
+    """The samplers stay family-blind: on a flow model their step (x - denoised) / sigma is the velocity."""
+    from blender_unsample.engine.method.denoisers import PARAMETERISATIONS
+
+    x0, eps = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    t, t_next = 0.8, 0.5
+    x = (1 - t) * x0 + t * eps
+    denoised = PARAMETERISATIONS["flow"].denoised(x, t, eps - x0)
+    stepped = x + (t_next - t) * (x - denoised) / t
+    torch.testing.assert_close(stepped, (1 - t_next) * x0 + t_next * eps)

@@ -1,4 +1,9 @@
-"""Turn a diffusers UNet into a k-diffusion style denoiser with classifier-free guidance."""
+"""Turn a diffusion model into a k-diffusion style denoiser with classifier-free guidance.
+
+Two parts, kept apart: the *parameterisation* says what the model predicts and how that becomes the
+denoised sample (epsilon, v, or a flow-matching velocity), the *model call* (UNetDenoiser today, with
+its prompts, timesteps and batching) runs the network. The samplers see only ``denoised``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,58 @@ from typing import Any
 import numpy as np
 import torch
 
+
+class Parameterisation:
+    """What a model predicts, and how its output becomes the denoised sample at noise level sigma.
+
+    ``x`` is the sampler's sample on its own scale; the model is given ``model_input(x, sigma)``.
+    """
+
+    def model_input(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def denoised(self, x: torch.Tensor, sigma: float, output: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class EpsilonPrediction(Parameterisation):
+    """The noise, on the variance-exploding scale x = x0 + sigma * eps; the model sees the
+    variance-preserving x / sqrt(sigma^2 + 1) (SD 1.5, SDXL)."""
+
+    def model_input(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return x / (sigma**2 + 1) ** 0.5
+
+    def denoised(self, x: torch.Tensor, sigma: float, output: torch.Tensor) -> torch.Tensor:
+        return x - sigma * output
+
+
+class VPrediction(EpsilonPrediction):
+    """v = alpha * eps - sigma_vp * x0 on the variance-preserving scale (SD 2.x 768, some fine-tunes):
+    x0 = x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1)."""
+
+    def denoised(self, x: torch.Tensor, sigma: float, output: torch.Tensor) -> torch.Tensor:
+        return x / (sigma**2 + 1) - output * (sigma / (sigma**2 + 1) ** 0.5)
+
+
+class FlowPrediction(Parameterisation):
+    """A flow-matching velocity v = eps - x0 with x = (1 - sigma) * x0 + sigma * eps and sigma in
+    [0, 1] (rectified flow: Wan, SD3, FLUX): x0 = x - sigma * v, and the model sees x as it is. The
+    samplers' step (x - denoised) / sigma is then exactly v, so they need no change."""
+
+    def model_input(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return x
+
+    def denoised(self, x: torch.Tensor, sigma: float, output: torch.Tensor) -> torch.Tensor:
+        return x - sigma * output
+
+
+# By the name diffusers' schedulers give it (config.prediction_type), "flow" for flow matching.
+PARAMETERISATIONS: dict[str, Parameterisation] = {
+    "epsilon": EpsilonPrediction(),
+    "v_prediction": VPrediction(),
+    "flow": FlowPrediction(),
+}
+# What the UNet model call takes: its timesteps are the discrete training ones of a DDPM schedule.
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -61,6 +118,7 @@ class UNetDenoiser:
         # An image UNet given video (B, C, F, H, W) denoises each frame on its own, as a batch.
         self.frames_in_batch = frames_in_batch
         self.prediction_type = prediction_type
+        self.parameterisation = PARAMETERISATIONS[prediction_type]
         self.sigmas = training_sigmas(alphas_cumprod)
         self._log_sigmas = np.log(self.sigmas.numpy())
         self.calls = 0  # UNet forward passes made (a CFG batch of two counts as one)
@@ -102,7 +160,7 @@ class UNetDenoiser:
         parts = [guidance.cond]
         if guidance.uses_uncond and guidance.uncond is not None:
             parts.insert(0, guidance.uncond)
-        model_input = (x / (sigma**2 + 1) ** 0.5).to(self.dtype)
+        model_input = self.parameterisation.model_input(x, sigma).to(self.dtype)
         if len(parts) == 2:
             model_input = torch.cat([model_input, model_input])
         embeds, added = self._conditioning(guidance, parts, prompts_per_part, batch, model_input.device)
@@ -118,11 +176,7 @@ class UNetDenoiser:
         )[0].to(x.dtype)
         self.calls += 1
 
-        if self.prediction_type == "epsilon":
-            denoised = x - sigma * output.reshape(len(parts), *x.shape)
-        else:  # v_prediction: x0 = x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1)
-            v = output.reshape(len(parts), *x.shape)
-            denoised = x / (sigma**2 + 1) - v * (sigma / (sigma**2 + 1) ** 0.5)
+        denoised = self.parameterisation.denoised(x, sigma, output.reshape(len(parts), *x.shape))
         if len(parts) == 1:
             return denoised[0]
         uncond, cond = denoised.unbind(0)
