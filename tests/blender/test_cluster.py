@@ -112,22 +112,14 @@ def test_an_unusable_cluster_address_greys_restyle_and_check_cluster_with_the_re
 
 
 def test_the_preferences_show_the_cluster_setting_its_address_and_check_cluster(addon):
-    from test_prompts import Layout
-
-    class Drawn:  # the preferences, with a recording layout
-        def __init__(self) -> None:
-            self.layout = Layout(drawn)
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(addon, name)
+    from test_prompts import draw_preferences
 
     check = "sequencer.unsample_check_cluster"
     remote = ["cluster", "cluster_address", "cluster_token_file", "cluster_allow_unauthenticated", check]
     shown_for = {"NONE": [], "LOCAL": ["cluster", check], "ADDRESS": remote}
     for setting, shown in shown_for.items():
         use_cluster(setting, "head-node:6379")
-        drawn = []
-        type(addon).draw(Drawn(), bpy.context)
+        drawn = draw_preferences(addon)
         names = [bound.get("property") or bound.get("operator") or "" for _, bound, _ in drawn]
         first = names.index("cluster")
         assert names[first - 1] == "device"

@@ -13,7 +13,7 @@ import bpy
 import pytest
 from conftest import poll_message, worker_python
 from test_cluster import job_files, started, use_cluster  # noqa: F401 - started is a fixture
-from test_prompts import Layout, draw, labels
+from test_prompts import draw, draw_preferences, labels
 
 from blender_unsample.addon import cluster, panel
 from blender_unsample.addon.operators import SEQUENCER_OT_unsample_check_cluster, SEQUENCER_OT_unsample_restyle
@@ -88,18 +88,10 @@ def test_a_token_file_that_is_not_there_greys_restyle_and_check_cluster_with_the
 
 
 def test_the_preferences_warn_beside_the_opt_in(addon):
-    class Drawn:  # the preferences, with a recording layout
-        def __init__(self) -> None:
-            self.layout = Layout(drawn)
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(addon, name)
-
     use_cluster("ADDRESS", "head-node:6379")
     for allow in (False, True):
         join_with("", allow)
-        drawn = []
-        type(addon).draw(Drawn(), bpy.context)
+        drawn = draw_preferences(addon)
         warned = "runs code from anyone who reaches it" in labels(drawn)
         assert warned == allow
     name = type(addon).__annotations__["cluster_allow_unauthenticated"].keywords["description"]

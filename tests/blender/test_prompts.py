@@ -87,6 +87,20 @@ def draw(panel_class, scene) -> list:
     return drawn
 
 
+def draw_preferences(addon_preferences) -> list:
+    """What the add-on's preferences draw, with a recording layout."""
+    drawn = []
+
+    class Drawn:  # the preferences, with a recording layout
+        layout = Layout(drawn)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(addon_preferences, name)
+
+    type(addon_preferences).draw(Drawn(), bpy.context)
+    return drawn
+
+
 def props(drawn: list) -> list[tuple]:
     """The settings drawn, in order: (property, enum value or None, whether it is drawn active)."""
     return [(b["property"], b.get("value"), active) for f, b, active in drawn if "property" in b]

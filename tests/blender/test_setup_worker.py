@@ -280,17 +280,9 @@ def test_the_panel_offers_set_up_worker_then_shows_its_progress_then_why_it_fail
 
 
 def test_the_preferences_have_set_up_worker_next_to_worker_python_and_the_package_index(addon):
-    from test_prompts import Layout
+    from test_prompts import draw_preferences
 
-    class Drawn:  # the preferences, with a recording layout
-        def __init__(self) -> None:
-            self.layout = Layout(drawn)
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(addon, name)
-
-    drawn = []
-    type(addon).draw(Drawn(), bpy.context)
+    drawn = draw_preferences(addon)
     names = [bound.get("property") or bound.get("operator") for _, bound, _ in drawn]
     assert names.index("sequencer.unsample_setup_worker") == names.index("worker_python") + 1
     assert "package_index" in names

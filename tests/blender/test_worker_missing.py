@@ -11,7 +11,7 @@ import time
 import bpy
 import pytest
 from conftest import poll_message
-from test_prompts import Layout, draw, labels, props
+from test_prompts import draw, draw_preferences, labels, props
 
 from blender_unsample.addon import panel
 from blender_unsample.addon import prefs as looked_up
@@ -116,15 +116,7 @@ def test_with_a_local_package_index_nothing_needs_turning_on(fresh_install, tmp_
 
 
 def test_the_preferences_say_why_set_up_worker_is_grey(fresh_install):
-    drawn = []
-
-    class Drawn:  # the preferences, with a recording layout
-        layout = Layout(drawn)
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(fresh_install, name)
-
-    type(fresh_install).draw(Drawn(), bpy.context)
+    drawn = draw_preferences(fresh_install)
     text = labels(drawn).replace("  ", " ")
     assert "Set Up Worker is grey" in text and "Allow Online Access is off" in text
     assert "use_online_access" in [name for name, _, _ in props(drawn)]
