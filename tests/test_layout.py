@@ -200,3 +200,36 @@ def test_license_file_matches_the_manifest():
     text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert "GNU GENERAL PUBLIC LICENSE" in text and "Version 3, 29 June 2007" in text
     assert manifest["version"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+# Where a family is named, by its key, in the engine: its own module in models/families/, the shared
+# facts (protocol.py: default models, native size, display name), its Align Your Steps list (a table in
+# the pure method layer), the detectors that tell a file's family (families/checks.py, and for now
+# single_file.py's and lora.py's, to move into the family modules next) and the tiny test models.
+FAMILY_PLACES = {
+    "protocol.py",
+    "method/schedules.py",
+    "models/families/checks.py",
+    "models/single_file.py",
+    "models/lora.py",
+    "tiny_models.py",
+}
+
+
+def test_a_family_is_its_module_registered_and_named_nowhere_else():
+    from blender_unsample.engine import protocol
+    from blender_unsample.engine.models import families
+
+    assert set(families.FAMILIES) == set(protocol.FAMILIES)
+    engine = PACKAGE / "engine"
+    for name, family in families.FAMILIES.items():
+        module = engine / "models" / "families" / f"{name}.py"
+        assert module.is_file(), f"{name} has no module of its own"
+        assert type(family).__module__.endswith(".family") and family.name == name
+        named_in = {
+            path.relative_to(engine).as_posix()
+            for path in engine.rglob("*.py")
+            if f'"{name}"' in path.read_text(encoding="utf-8") or f"'{name}'" in path.read_text(encoding="utf-8")
+        }
+        extra = named_in - FAMILY_PLACES - {f"models/families/{name}.py"}
+        assert not extra, f"{name} is named in {sorted(extra)}: put what differs by family in its module"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import Cancelled, CancelRequest, UnsampleError
 from .protocol import (
+    FAMILIES,
     ErrorCode,
     ErrorEvent,
     Event,
@@ -111,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_cluster_access(doctor)
     tiny = commands.add_parser("tiny-models", help="write tiny random-weight models (for tests and the demo)")
     tiny.add_argument("folder", type=Path)
-    tiny.add_argument("--family", choices=("sd15", "sdxl"), default="sd15")
+    tiny.add_argument("--family", choices=FAMILIES, default=FAMILIES[0])
     return parser
 
 

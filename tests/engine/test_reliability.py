@@ -52,7 +52,7 @@ def test_a_full_disk_stops_the_job_with_whole_frames_only(tiny_spec, tmp_path, m
 
 
 def test_running_out_of_gpu_memory_names_the_options_that_lower_it(tiny_spec, tmp_path, monkeypatch):
-    from blender_unsample.engine.method import context
+    from blender_unsample.engine.method import context_windows
 
     clip = tmp_path / "clip"
     write_clip(clip, 3)
@@ -60,7 +60,7 @@ def test_running_out_of_gpu_memory_names_the_options_that_lower_it(tiny_spec, tm
     def no_memory(self, x, sigma, **extra):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(context.ContextWindowDenoiser, "__call__", no_memory)
+    monkeypatch.setattr(context_windows.ContextWindowDenoiser, "__call__", no_memory)
     error, _ = fail(tiny_spec(clip))
     assert error.code is ErrorCode.OUT_OF_MEMORY
     for option in ("feed-forward chunking", "frames per VAE call", "CPU offload", "VAE tiling", "context length",

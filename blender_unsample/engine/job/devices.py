@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import UnsampleError
+from ..models import families
 from ..protocol import ErrorCode
 
 
@@ -99,11 +100,10 @@ def chunk_feed_forward(model: torch.nn.Module) -> None:
 
 
 def default_vae_batch(family: str, vae_dtype: torch.dtype) -> int:
-    """Frames per VAE call when not set: 8 for SD 1.5's VAE; SDXL's at 1024 px needs about 3 GB a
-    frame in fp32 (1.5 in fp16), so 1 (2 in fp16): more runs a 12 GB card out of memory."""
-    if family != "sdxl":
-        return 8
-    return 2 if vae_dtype == torch.float16 else 1
+    """Frames per VAE call when not set: the family's (8 for SD 1.5's VAE; SDXL's at 1024 px needs
+    about 3 GB a frame in fp32, 1.5 in fp16, so 1, or 2 in fp16)."""
+    facts = families.family(family)
+    return facts.vae_batch_fp16 if vae_dtype == torch.float16 else facts.vae_batch
 
 
 def tile_vae(vae: Any) -> None:

@@ -77,7 +77,8 @@ def load_components(
             model.eval().requires_grad_(False)
     return Components(
         spec.family, tokenizers, text_encoders, unet, vae, scheduler, controlnet, motion is not None, context_limit,
-        zero_empty_negative=spec.family == "sdxl" and forces_zeros_for_empty_prompt(loader.pipeline_config),
+        zero_empty_negative=families.family(spec.family).empty_negative_may_be_zeros
+        and forces_zeros_for_empty_prompt(loader.pipeline_config),
     )  # fmt: skip
 
 
@@ -85,7 +86,7 @@ def vae_dtype(requested: torch.dtype, family: str, vae_config: Mapping[str, Any]
     """The VAE's precision: the device's (``requested``), except SDXL's original VAE, which
     overflows in fp16 and says so with ``force_upcast`` (diffusers' default too). A fixed one,
     such as madebyollin/sdxl-vae-fp16-fix, turns it off and keeps the device's precision."""
-    if family == "sdxl" and vae_config.get("force_upcast", True):
+    if families.family(family).vae_upcast and vae_config.get("force_upcast", True):
         return torch.float32
     return requested
 
@@ -128,23 +129,22 @@ class _Loader:
                 vae_dtype=torch.float32,  # its precision is decided in vae(), from its config
             )  # fmt: skip
             self.pipeline_config = str(loaded.config)
-            tokenizers = [loaded.tokenizer, *([loaded.tokenizer_2] if spec.family == "sdxl" else [])]
-            encoders = [loaded.text_encoder, *([loaded.text_encoder_2] if spec.family == "sdxl" else [])]
+            layout = families.family(spec.family)
+            tokenizers = [getattr(loaded, name) for name in layout.tokenizers]
+            encoders = [getattr(loaded, name) for name in layout.text_encoders]
             return tokenizers, encoders, loaded.unet, loaded.scheduler, loaded.vae
+        import transformers
         from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+        from transformers import CLIPTokenizer
 
         unet_config = self._config(UNet2DConditionModel, spec.model, "unet", "checkpoint")
         families.check_family(spec.family, spec.model, families.unet_family(unet_config))
-        tokenizers = [self._load(CLIPTokenizer, spec.model, "tokenizer", "checkpoint")]
-        encoders = [self._load(CLIPTextModel, spec.model, "text_encoder", "checkpoint", torch_dtype=self.dtype)]
-        if spec.family == "sdxl":
-            tokenizers.append(self._load(CLIPTokenizer, spec.model, "tokenizer_2", "checkpoint"))
-            encoders.append(
-                self._load(
-                    CLIPTextModelWithProjection, spec.model, "text_encoder_2", "checkpoint", torch_dtype=self.dtype
-                )
-            )
+        layout = families.family(spec.family)
+        tokenizers = [self._load(CLIPTokenizer, spec.model, name, "checkpoint") for name in layout.tokenizers]
+        encoders = [
+            self._load(getattr(transformers, kind), spec.model, name, "checkpoint", torch_dtype=self.dtype)
+            for name, kind in zip(layout.text_encoders, layout.text_encoder_classes, strict=True)
+        ]
         unet = self._load(UNet2DConditionModel, spec.model, "unet", "checkpoint", torch_dtype=self.dtype)
         scheduler = self._load(EulerDiscreteScheduler, spec.model, "scheduler", "checkpoint")
         return tokenizers, encoders, unet, scheduler, None

@@ -31,6 +31,7 @@ import torch
 
 from ..errors import UnsampleError, first_line
 from ..protocol import DEFAULT_MODELS, HUB_ID, MODEL_FILE_SUFFIXES, ErrorCode
+from . import families
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ Shapes = Mapping[str, tuple[int, ...]]
 SINGLE_FILE_SUFFIXES = frozenset(MODEL_FILE_SUFFIXES)
 # The repos whose configs fit each family's single files (diffusers' own defaults for them).
 CONFIG_REPOS = {family: models.checkpoint for family, models in DEFAULT_MODELS.items()}
-CONTROLNET_CONFIG_REPOS = {"sd15": "lllyasviel/control_v11p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"}
 # diffusers' versions of AnimateDiff's releases (configs only; a motion module's can be read off its weights).
 MOTION_CONFIG_REPOS = {
     "v1": "guoyww/animatediff-motion-adapter-v1-5",
@@ -56,13 +56,6 @@ MOTION_GROUPS = 32
 
 _UNET = "model.diffusion_model."
 _VAE = ("first_stage_model.", "vae.")
-_TEXT_ENCODERS = {
-    "sd15": {"text_encoder": "cond_stage_model.transformer."},
-    "sdxl": {
-        "text_encoder": "conditioner.embedders.0.transformer.",
-        "text_encoder_2": "conditioner.embedders.1.model.",
-    },
-}
 # SDXL's second text encoder is OpenCLIP's: its names, and transformers' for the same tensors.
 _OPEN_CLIP_TOP = {
     "token_embedding.weight": "embeddings.token_embedding.weight",
@@ -559,7 +552,8 @@ def load_controlnet(
         )
     family = "sdxl" if sdxl else "sd15"
     role = f"ControlNet {file.name}"
-    folder = resolve_config(config, CONTROLNET_CONFIG_REPOS[family], role, allow_download, ["config.json"])
+    repo = families.family(family).controlnet_config_repo
+    folder = resolve_config(config, repo, role, allow_download, ["config.json"])
     model = _convert(
         lambda: ControlNetModel.from_single_file(
             state, config=str(folder), torch_dtype=_dtype(dtype), local_files_only=True
@@ -609,7 +603,7 @@ def load_vae(
 
 
 def _checkpoint_configs(family: str) -> list[str]:
-    encoders = list(_TEXT_ENCODERS[family])
+    encoders = list(families.family(family).text_encoders)
     tokenizers = [name.replace("text_encoder", "tokenizer") for name in encoders]
     models = ["unet", "vae", *encoders]
     return [*(f"{name}/config.json" for name in models), "scheduler/scheduler_config.json", *tokenizers]
@@ -662,7 +656,7 @@ def _text_encoders(
     from transformers import CLIPTokenizer
 
     parts = {}
-    for name, prefix in _TEXT_ENCODERS[family].items():
+    for name, prefix in families.family(family).text_encoders.items():
         weights = {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
         if name == "text_encoder_2":
             weights = _from_open_clip(weights)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import UnsampleError
-from ..protocol import FAMILY_NAMES, ErrorCode
+from ...errors import UnsampleError
+from ...protocol import FAMILY_NAMES, ErrorCode
+from .sd15 import SD15
+from .sdxl import SDXL
 
-_SDXL_SCALING = 0.13025  # SDXL's VAE scales its latents by this; SD 1.5's by 0.18215
 _LATENT_FAMILIES = {16: "SD 3 or FLUX"}  # other families' VAEs, named in a mismatch
 
 
@@ -64,7 +65,7 @@ def vae_family(config: Mapping[str, Any]) -> str:
     their scaling; 16 channels are SD 3's and FLUX's."""
     channels = config.get("latent_channels")
     if channels == 4:
-        return "sdxl" if config.get("scaling_factor") == _SDXL_SCALING else "sd15"
+        return SDXL.name if config.get("scaling_factor") == SDXL.vae_scaling_factor else SD15.name
     return _LATENT_FAMILIES.get(channels, "another model family")
 
 
