@@ -132,6 +132,13 @@ def test_a_ray_client_address_asks_for_the_token_too(secured, tmp_path):
     assert "asks for its token and none was found" in report["error"]
 
 
+def test_a_ray_client_address_is_joined_with_the_token(secured, tmp_path):
+    token_file = tmp_path / "auth_token"
+    token_file.write_text(TOKEN)
+    code, report = doctor(secured.client_address, tmp_path / "home", "--cluster-token-file", str(token_file))
+    assert (code, report["ok"], report["nodes"]) == (0, True, 1), report
+
+
 def test_a_cluster_that_asks_for_no_token_is_refused_with_how_to_secure_it(open_head, tmp_path):
     code, report = doctor(open_head.address, tmp_path / "home")
     assert code == ErrorCode.CLUSTER.exit_code
