@@ -40,12 +40,13 @@ class ClusterChoice:
         return arguments
 
 
-def cluster_choice(prefs: Any) -> ClusterChoice | None:
-    """The Cluster preferences as the worker gets them; None for no cluster (or no preferences)."""
+def cluster_choice(prefs: Any, token_file: str) -> ClusterChoice | None:
+    """The Cluster preferences as the worker gets them, with the token file resolved to a path
+    (prefs.cluster_token_file()); None for no cluster (or no preferences)."""
     target = prefs and cluster_target(prefs.cluster, prefs.cluster_address)
     if not target:
         return None
-    return ClusterChoice(target, prefs.cluster_token_file, prefs.cluster_allow_unauthenticated)
+    return ClusterChoice(target, token_file, prefs.cluster_allow_unauthenticated)
 
 
 def cluster_target(cluster: str, address: str) -> str | None:

@@ -11,7 +11,7 @@ from ..engine.protocol import MODEL_FILE_SUFFIXES, REFINABLE_SAMPLERS
 from . import cluster
 from .operators.batch import checkpoint_problem
 from .paths import cache_usage
-from .prefs import ADDON_ID, latent_cache_folder, preferences, worker_python
+from .prefs import ADDON_ID, cluster_token_file, latent_cache_folder, preferences, worker_python
 from .properties import processing_size
 from .runner import RUNNER, strip_problem
 from .status import draw_cluster_state, draw_setup_gate, draw_setup_state, format_eta, wrapped
@@ -156,7 +156,7 @@ def draw_worker_problem(layout: bpy.types.UILayout, context: bpy.types.Context) 
         draw_setup_state(layout.box(), context, width - 50)
         return
     prefs = preferences()
-    problem = prefs and cluster.cluster_problem(prefs.cluster, prefs.cluster_address, prefs.cluster_token_file)
+    problem = prefs and cluster.cluster_problem(prefs.cluster, prefs.cluster_address, cluster_token_file())
     if problem:
         row = layout.row()
         wrapped(row, problem, width - 50, "ERROR")

@@ -40,6 +40,14 @@ def worker_python() -> str:
     return sys.executable
 
 
+def cluster_token_file() -> str:
+    """The Cluster Token File preference as a path the worker can open: Blender's file browser may
+    write it relative to the .blend ("//..."); empty when not set."""
+    prefs = preferences()
+    path = prefs.cluster_token_file.strip() if prefs else ""
+    return bpy.path.abspath(path) if path else ""
+
+
 def online_access() -> bool:
     """Blender's Allow Online Access (System preferences, or --online-mode)."""
     return bpy.app.online_access

@@ -28,7 +28,7 @@ from .cluster import cluster_arguments, cluster_choice, setup_hint
 from .cluster_batch import ClusterBatch
 from .export_process import ExportProcess, JobError, failure_text
 from .paths import new_run_folder, strip_folder
-from .prefs import GPU_MEMORY_OPTIONS, cache_root, latent_cache_folder, preferences, worker_python
+from .prefs import GPU_MEMORY_OPTIONS, cache_root, cluster_token_file, latent_cache_folder, preferences, worker_python
 from .properties import job_spec, processing_size
 from .strips import (
     StripRef,
@@ -144,7 +144,7 @@ class Runner:
     def _new_batch(self) -> None:
         self.outcomes, self.added, self.resumable, self.batch_size, self.cancelled = [], [], [], 0, False
         prefs = preferences()  # read once a batch: the whole batch runs on the same cluster, or none
-        self.cluster = cluster_arguments(cluster_choice(prefs))
+        self.cluster = cluster_arguments(cluster_choice(prefs, cluster_token_file()))
 
     def resume(self) -> int:
         """Queue the last batch's failed or cancelled strips again, each in its own job folder."""

@@ -11,7 +11,7 @@ import bpy
 from . import cluster
 from . import prefs as looked_up
 from .operators.setup_worker import setup_problem
-from .prefs import preferences, worker_python
+from .prefs import cluster_token_file, preferences, worker_python
 
 
 def format_eta(seconds: float) -> str:
@@ -80,11 +80,11 @@ def draw_cluster_state(layout: bpy.types.UILayout, context: bpy.types.Context, w
     prefs = preferences()
     if prefs is None or prefs.cluster == "NONE":
         return
-    problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address, prefs.cluster_token_file)
+    problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address, cluster_token_file())
     if problem:
         wrapped(layout, problem, width, "ERROR")
         return
-    choice = cluster.cluster_choice(prefs)
+    choice = cluster.cluster_choice(prefs, cluster_token_file())
     report = cluster.cluster_report(worker_python(), choice)
     name = cluster.display_name(choice.target)
     if report is None:

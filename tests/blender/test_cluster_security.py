@@ -70,6 +70,23 @@ def test_the_worker_gets_the_token_file_as_a_path_and_the_opt_in_as_a_flag(
     assert TOKEN not in job.read_text(encoding="utf-8") and TOKEN not in " ".join(worker.args)
 
 
+def test_a_token_file_relative_to_the_blend_file_reaches_the_worker_as_a_whole_path(
+    image_strip,
+    quick_worker,
+    started,  # noqa: F811 - the fixture imported above
+    token_file,
+    tmp_path,
+):
+    """Blender's file browser writes paths relative to a saved .blend ("//auth_token") by default."""
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "edit.blend"))
+    use_cluster("ADDRESS", "head-node:6379")
+    join_with("//auth_token")
+    assert poll_message(SEQUENCER_OT_unsample_restyle, bpy.context)[0], "the file is there: Restyle is not grey"
+    assert bpy.ops.sequencer.unsample_restyle() == {"FINISHED"}
+    [worker] = started
+    assert worker.args[worker.args.index("--cluster-token-file") + 1] == str(token_file)
+
+
 def test_the_token_is_not_kept_in_the_blend_file(addon, token_file, tmp_path):
     use_cluster("ADDRESS", "head-node:6379")
     join_with(str(token_file))
@@ -171,4 +188,4 @@ def test_check_cluster_refuses_a_cluster_without_a_token_unless_allowed(addon, h
     assert "Allow Clusters Without a Token" in said and "asks for no token" in shown
     join_with("", allow_unauthenticated=True)
     assert "Cluster: 0 GPUs on 1 node" in check(expect_ok=True)[1]
-    assert cluster.cluster_choice(prefs()).arguments()[-1] == ALLOW
+    assert cluster.cluster_choice(prefs(), "").arguments()[-1] == ALLOW

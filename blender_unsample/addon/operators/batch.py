@@ -15,7 +15,7 @@ import bpy
 
 from ...engine.protocol import HUB_ID, MODEL_FILE_SUFFIXES
 from ..cluster import cluster_problem
-from ..prefs import preferences, worker_python
+from ..prefs import cluster_token_file, preferences, worker_python
 from ..properties import _model_path
 from ..runner import RUNNER
 from ..strips import has_strips
@@ -114,7 +114,7 @@ class BatchOperator:
         prefs = preferences()
         if prefs is None or cls.preview:  # a preview is one context window: it runs on the worker alone
             return None
-        return cluster_problem(prefs.cluster, prefs.cluster_address, prefs.cluster_token_file)
+        return cluster_problem(prefs.cluster, prefs.cluster_address, cluster_token_file())
 
     @classmethod
     def strip_problem(cls, scene: bpy.types.Scene) -> str | None:
