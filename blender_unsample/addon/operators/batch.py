@@ -23,7 +23,6 @@ from ..worker import settled_worker_report, worker_report
 from .setup_worker import setup_problem
 
 TIMER_INTERVAL = 0.1
-# What the worker takes for a Hugging Face id rather than a path (engine/models/components.py).
 
 
 def missing_text(names: list[str]) -> str:

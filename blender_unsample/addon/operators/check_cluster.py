@@ -17,10 +17,11 @@ def current_choice() -> tuple[cluster.ClusterChoice | None, str | None]:
     prefs = looked_up.preferences()
     if prefs is None or prefs.cluster == "NONE":
         return None, "Cluster is None in Unsample's preferences: jobs run on the worker alone"
-    problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address, looked_up.cluster_token_file())
+    token_file = looked_up.cluster_token_file()
+    problem = cluster.cluster_problem(prefs.cluster, prefs.cluster_address, token_file)
     if problem:
         return None, problem
-    return cluster.cluster_choice(prefs, looked_up.cluster_token_file()), None
+    return cluster.cluster_choice(prefs, token_file), None
 
 
 def _redraw_when_checked() -> float | None:

@@ -117,9 +117,9 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "euler": sample_euler,
     "dpmpp_2m": sample_dpmpp_2m,
 }
-# The refined inverse of each sampler protocol.REFINABLE_SAMPLERS names.
-REFINED_INVERSES: dict[str, Callable[..., torch.Tensor]] = {
-    "euler": sample_euler_inverse,
+# The refined inverse of each sampler protocol.REFINABLE_SAMPLERS names, by its step function.
+REFINED_INVERSES: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {
+    sample_euler: sample_euler_inverse,
 }
 
 # Samplers other tools offer that add fresh noise on every step: their path cannot be run

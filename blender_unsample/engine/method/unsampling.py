@@ -32,7 +32,7 @@ def unsample(
     """
     _check_decreasing(sigmas)
     run = get_sampler(sampler)
-    inverse = REFINED_INVERSES.get(sampler.strip().lower())
+    inverse = REFINED_INVERSES.get(run)
     if refine > 0 and inverse is not None:
         return inverse(model, latents, flip(sigmas), extra_args, callback, refine=refine)
     return run(model, latents, flip(sigmas), extra_args, callback)

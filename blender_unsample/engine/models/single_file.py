@@ -603,8 +603,8 @@ def load_vae(
 
 
 def _checkpoint_configs(family: str) -> list[str]:
-    encoders = list(families.family(family).text_encoders)
-    tokenizers = [name.replace("text_encoder", "tokenizer") for name in encoders]
+    layout = families.family(family)
+    encoders, tokenizers = list(layout.text_encoders), layout.tokenizers
     models = ["unet", "vae", *encoders]
     return [*(f"{name}/config.json" for name in models), "scheduler/scheduler_config.json", *tokenizers]
 
