@@ -202,18 +202,12 @@ def test_license_file_matches_the_manifest():
     assert manifest["version"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
-# Where a family is named, by its key, in the engine: its own module in models/families/, the shared
-# facts (protocol.py: default models, native size, display name), its Align Your Steps list (a table in
-# the pure method layer), the detectors that tell a file's family (families/checks.py, and for now
-# single_file.py's and lora.py's, to move into the family modules next) and the tiny test models.
-FAMILY_PLACES = {
-    "protocol.py",
-    "method/schedules.py",
-    "models/families/checks.py",
-    "models/single_file.py",
-    "models/lora.py",
-    "tiny_models.py",
-}
+# What a family consists of, and so what adding one touches: its module in models/families/ (its
+# behaviour as data: classes, configs, VAE, schedule, text encoders, how its files are told apart), a
+# line in the registry, its rows in the shared facts (protocol.py: default models, native size, display
+# name, menu tooltip) and its test-sized models. Its key is named there and nowhere else: the schedules,
+# the loaders, the LoRA merger and the detector read the family modules, the add-on reads protocol.py.
+FAMILY_PLACES = {"protocol.py", "tiny_models.py"}
 
 
 def test_a_family_is_its_module_registered_and_named_nowhere_else():
@@ -222,14 +216,19 @@ def test_a_family_is_its_module_registered_and_named_nowhere_else():
 
     assert set(families.FAMILIES) == set(protocol.FAMILIES)
     engine = PACKAGE / "engine"
+    registry = (engine / "models" / "families" / "registry.py").read_text(encoding="utf-8")
     for name, family in families.FAMILIES.items():
         module = engine / "models" / "families" / f"{name}.py"
         assert module.is_file(), f"{name} has no module of its own"
         assert type(family).__module__.endswith(".family") and family.name == name
+        assert f"from .{name} import " in registry, f"{name} is not registered"
         named_in = {
             path.relative_to(engine).as_posix()
             for path in engine.rglob("*.py")
             if f'"{name}"' in path.read_text(encoding="utf-8") or f"'{name}'" in path.read_text(encoding="utf-8")
         }
-        extra = named_in - FAMILY_PLACES - {f"models/families/{name}.py"}
-        assert not extra, f"{name} is named in {sorted(extra)}: put what differs by family in its module"
+        assert named_in == FAMILY_PLACES | {f"models/families/{name}.py"}, (
+            f"{name} is named in {sorted(named_in)}: put what differs by family in its module"
+        )
+        in_addon = [path.name for path in (PACKAGE / "addon").rglob("*.py") if f'"{name}"' in path.read_text("utf-8")]
+        assert not in_addon, f"the add-on names {name} in {in_addon}: read the family facts from protocol.py"

@@ -1,12 +1,13 @@
 """The Blender side: everything here may import bpy, and nothing here imports torch."""
 
-from . import menus, operators, panel, preferences, properties
+from . import operators, properties
+from .ui import menus, panel, preferences
 
 MODULES = (preferences, properties, operators, panel, menus)
 
 
 def register() -> None:
-    from .runner import register_handlers
+    from .jobs.runner import register_handlers
 
     for module in MODULES:
         module.register()
@@ -14,8 +15,8 @@ def register() -> None:
 
 
 def unregister() -> None:
-    from .runner import RUNNER, unregister_handlers
-    from .worker_setup import cancel_running
+    from .jobs.runner import RUNNER, unregister_handlers
+    from .worker.environment import cancel_running
 
     unregister_handlers()
     RUNNER.shut_down()  # no worker outlives the add-on, and no job of it comes back when enabled again

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import bpy
 
-from ..engine.protocol import DEFAULT_MODELS, NATIVE_SIZE, JobSpec
+from ..engine.protocol import DEFAULT_MODELS, FAMILIES, FAMILY_DESCRIPTIONS, FAMILY_NAMES, NATIVE_SIZE, JobSpec
 
 _FIELDS = {f.name: f for f in dataclasses.fields(JobSpec)}
 _INT_MAX = 2**31 - 1
@@ -29,9 +29,9 @@ _LABELS = {
     "none": ("None", "No ControlNet"),
     "canny": ("Canny Edges", "Keep the source's edges"),
     "tile": ("Tile", "Keep the source's colours and layout"),
-    "sd15": ("SD 1.5", "Stable Diffusion 1.5 with AnimateDiff; 512 px"),
-    "sdxl": ("SDXL", "Stable Diffusion XL with AnimateDiff SDXL; 1024 px"),
 }
+# The family menu's entries come with the families' shared facts: adding a family touches nothing here.
+_LABELS |= {name: (FAMILY_NAMES[name], f"{FAMILY_DESCRIPTIONS[name]}; {NATIVE_SIZE[name]} px") for name in FAMILIES}
 
 
 def spec_property(name: str, label: str, **extra: object) -> object:

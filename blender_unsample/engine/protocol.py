@@ -45,7 +45,12 @@ DEFAULT_MODELS: dict[str, ModelSet] = {
 }
 
 FAMILIES = tuple(DEFAULT_MODELS)
+DEFAULT_FAMILY = FAMILIES[0]
 FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL"}  # for people: in messages and menus
+FAMILY_DESCRIPTIONS = {  # the family menu's tooltips (the native size is added)
+    "sd15": "Stable Diffusion 1.5 with AnimateDiff",
+    "sdxl": "Stable Diffusion XL with AnimateDiff SDXL or Hotshot-XL",
+}
 # A Hugging Face Hub id ("org/name"), as the worker and the add-on tell one from a path.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What the worker's Python must have (import names); `doctor` reports on each.
@@ -185,7 +190,7 @@ class JobSpec:
     unsample_prompt: str | None = _setting(
         Role.UNSAMPLE, None, "prompt for the unsample pass: omit to reuse the style prompt, '' for blank"
     )
-    family: str = _setting(Role.MODELS, "sd15", "model family", choices=FAMILIES)
+    family: str = _setting(Role.MODELS, DEFAULT_FAMILY, "model family", choices=FAMILIES)
     model: str = _setting(
         Role.MODELS, "", "checkpoint: a diffusers folder, Hub id or .safetensors file (default: the family's)"
     )

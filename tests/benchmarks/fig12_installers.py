@@ -33,7 +33,7 @@ from jobs import ROOT
 from report import REPEATS, Figure, spread, summary
 
 REQUIREMENTS = ROOT / "blender_unsample" / "engine" / "requirements.txt"
-WORKER_SETUP = ROOT / "blender_unsample" / "addon" / "worker_setup.py"
+WORKER_SETUP = ROOT / "blender_unsample" / "addon" / "worker" / "environment.py"
 NEED_TORCH = {"torch", "accelerate", "peft"}  # left out in quick mode: accelerate and peft require torch
 INSTALLERS = ("pip", "uv, empty cache", "uv, warm cache")
 
@@ -177,7 +177,7 @@ def measure(quick: bool, scratch: Path) -> Figure:
             "the folder tests/blender/test_setup_worker.py makes; every index is off (--no-index), so nothing is "
             "downloaded during the runs. Its files are read once before the first run, so that every run finds "
             "them in the page cache.",
-            "uv's arguments are Set Up Worker's with a wheelhouse as the Package Index (addon/worker_setup.py): "
+            "uv's arguments are Set Up Worker's with a wheelhouse as the Package Index (addon/worker/environment.py): "
             "`uv pip install --python ENV --cache-dir CACHE --no-progress --no-index --find-links WHEELHOUSE -r "
             "REQ`. uv's cache and the environment are on one file system, so uv hard-links from its cache as in "
             "Set Up Worker. Making the environment (`python -m venv`, "

@@ -19,6 +19,7 @@ from report import Figure
 
 from blender_unsample.engine.method import schedules
 from blender_unsample.engine.method.unsampling import resample, unsample
+from blender_unsample.engine.models.families.sd15 import SD15
 from blender_unsample.engine.protocol import JobSpec
 
 FIELDS = JobSpec.__dataclass_fields__
@@ -43,7 +44,7 @@ def steps_within(budget: int, sampler: str, refine: int) -> int:
 
 def round_trip(model, x0, sampler: str, steps: int, refine: int, calls, extra) -> tuple[float, int]:
     """RMS error of unsample -> resample, and the model calls both passes made."""
-    sigmas = schedules.ays(steps)
+    sigmas = schedules.ays(steps, SD15.ays_sigmas)
     before = calls()
     noise = unsample(model, x0, sigmas, sampler=sampler, refine=refine, extra_args=extra)
     back = resample(model, noise, sigmas, sampler=sampler, extra_args=extra)

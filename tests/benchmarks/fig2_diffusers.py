@@ -29,6 +29,7 @@ from blender_unsample.engine.method.context_windows import ContextWindowDenoiser
 from blender_unsample.engine.method.denoisers import Guidance, UNetDenoiser
 from blender_unsample.engine.method.schedules import get_sigmas
 from blender_unsample.engine.method.unsampling import resample, unsample
+from blender_unsample.engine.models.families.sd15 import SD15
 
 FRAMES = 16  # one AnimateDiff window: diffusers' pipeline has no window fusion of its own
 STEPS = 16
@@ -126,7 +127,7 @@ class Ours:
     def __init__(self, shared: Shared, frames: list[Image.Image], size: int) -> None:
         with torch.inference_mode():
             self.denoiser = UNetDenoiser.from_scheduler(ControlledUNet(shared.unet, None), shared.scheduler)
-            self.sigmas = get_sigmas("ays", STEPS, training_sigmas=self.denoiser.sigmas, family="sd15")
+            self.sigmas = get_sigmas("ays", STEPS, training_sigmas=self.denoiser.sigmas, ays_sigmas=SD15.ays_sigmas)
             self.windows = context_windows(len(frames), FRAMES, 4)
 
             def encode(text: str) -> Any:

@@ -224,15 +224,16 @@ def _figure(plan: Plan, movie: dict, runs: dict[str, Any], problems: list[str], 
         f"Clip: {movie['frames']} frames of a 1920×1080 pan over a textured 2400×1080 picture, 24 fps, H.264 "
         f"(Blender's FFmpeg, constant rate factor 'high'), {movie['megabytes']:.1f} MB, written by Blender 5.0 "
         "before anything is timed.",
-        f"Export, ours: ExportProcess (addon/export_process.py) on a scene holding the 1080p movie strip, all {n} "
+        f"Export, ours: ExportProcess (addon/jobs/export_process.py) on a scene holding the 1080p movie strip, all {n} "
         "frames at the SD 1.5 size, PNG RGB 8 bit, compression 15, no metadata. Wall time = from writing the scene "
         "and starting the second Blender (the same bpy build, as a Python process here; Blender's own executable "
         f"in the application) to the last frame counted, polled every {TICK_SLEEP * 1000:.0f} ms; it includes that "
         f"Blender's start and its loading of the file; median (min–max) of {plan.repeats} runs. Main-thread "
         "calls: their total per run, median (min–max); longest, median, p99 and count of the calls of all runs.",
-        "Export in this Blender, a frame per render: what the export process runs, FrameExporter (addon/export.py), "
-        "timed in the user's Blender as the add-on exported before the export process: constructor (scene copy, "
-        "output settings) + one step() per frame (one bpy.ops.render.render(write_still=True) each) + close(); "
+        "Export in this Blender, a frame per render: what the export process runs, FrameExporter "
+        "(addon/jobs/export.py), timed in the user's Blender as the add-on exported before the export process: "
+        "constructor (scene copy, output settings) + one step() per frame (one "
+        "bpy.ops.render.render(write_still=True) each) + close(); "
         "longest / median / p99 are of single frames over all runs: each was a main-thread stall then.",
         "Export, Blender: the same frames rendered by one bpy.ops.render.render(animation=True) of a copy of that "
         "scene with exactly the export's output settings (same resolution percentage, PNG settings, view "
@@ -457,7 +458,7 @@ def _write_frames(folder: Path, count: int) -> list[Path]:
 
 def _run_jobs(scene: Any, strip: Any, worker_size: tuple[int, int] | None, repeats: int) -> list[dict[str, Any]]:
     """The same job ``repeats`` times; each starts without cached latents, so each does the same work."""
-    from blender_unsample.addon.runner import latent_cache_folder
+    from blender_unsample.addon.jobs.runner import latent_cache_folder
 
     runs = []
     for _ in range(repeats):
@@ -468,8 +469,8 @@ def _run_jobs(scene: Any, strip: Any, worker_size: tuple[int, int] | None, repea
 
 def _run_job(scene: Any, strip: Any, worker_size: tuple[int, int] | None) -> dict[str, Any]:
     """Restyle ``strip`` through the runner, one timed tick at a time, as the modal operator does."""
+    from blender_unsample.addon.jobs.runner import RUNNER
     from blender_unsample.addon.properties import processing_size
-    from blender_unsample.addon.runner import RUNNER
 
     ticks: list[tuple[str, float]] = []
     started = time.perf_counter()
@@ -519,8 +520,8 @@ def _export_costs(scene: Any, strip: Any, frames: range, work: Path, repeats: in
     frames; returns the export process's first run's PNGs."""
     import bpy
 
-    from blender_unsample.addon.export import FrameExporter, _set_output
-    from blender_unsample.addon.export_process import ExportProcess
+    from blender_unsample.addon.jobs.export import FrameExporter, _set_output
+    from blender_unsample.addon.jobs.export_process import ExportProcess
     from blender_unsample.addon.properties import processing_size
 
     size = processing_size(scene.unsample, scene)
@@ -617,11 +618,11 @@ def _costs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _import_costs(scene: Any, strip: Any, frames: range, pngs: Path, work: Path, repeats: int) -> dict[str, Any]:
     """runner._import on a finished job of ``frames`` styled frames, and add_result_strip within it."""
-    from blender_unsample.addon import runner as runner_module
     from blender_unsample.addon.compat import top_level_strips
+    from blender_unsample.addon.jobs import runner as runner_module
+    from blender_unsample.addon.jobs.runner import Runner, StripJob
+    from blender_unsample.addon.jobs.strips import StripRef
     from blender_unsample.addon.properties import job_spec, processing_size
-    from blender_unsample.addon.runner import Runner, StripJob
-    from blender_unsample.addon.strips import StripRef
     from blender_unsample.engine.protocol import Done
 
     sources = sorted(pngs.glob("frame_*.png"))

@@ -14,10 +14,11 @@ from blender_unsample.engine.job.prompts import encode_prompt
 from blender_unsample.engine.method import schedules
 from blender_unsample.engine.method.denoisers import Guidance, UNetDenoiser
 from blender_unsample.engine.method.unsampling import resample, unsample
+from blender_unsample.engine.models.families.sd15 import SD15
 
 
 def round_trip(model, x0, sampler, steps, refine, calls, extra=None) -> tuple[float, int]:
-    sigmas = schedules.ays(steps)
+    sigmas = schedules.ays(steps, SD15.ays_sigmas)
     before = calls()
     noise = unsample(model, x0, sigmas, sampler=sampler, refine=refine, extra_args=extra)
     spent = calls() - before
@@ -31,7 +32,7 @@ def noise_reach(mixture: GaussianMixture) -> dict[tuple[str, int], float]:
     reach = {}
     for sampler in ("euler", "dpmpp_2m"):
         for steps in (16, 64):
-            sigmas = schedules.ays(steps)
+            sigmas = schedules.ays(steps, SD15.ays_sigmas)
             exact = math.sqrt(float(mixture.variance) + float(sigmas[0]) ** 2)
             reach[sampler, steps] = float(unsample(mixture, data, sigmas, sampler=sampler).std()) / exact
     return reach

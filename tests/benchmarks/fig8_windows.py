@@ -41,6 +41,7 @@ from report import Figure
 from blender_unsample.engine.method import schedules
 from blender_unsample.engine.method.context_windows import ContextWindowDenoiser, context_windows
 from blender_unsample.engine.method.unsampling import resample, unsample
+from blender_unsample.engine.models.families.sd15 import SD15
 from blender_unsample.engine.protocol import JobSpec
 
 FRAMES = 48
@@ -115,7 +116,7 @@ def _table_row(row: dict) -> list:
 def measure(quick: bool, scratch: Path) -> Figure:
     steps = DEFAULTS["steps"].default
     refine = DEFAULTS["inversion_refinement"].default
-    sigmas = schedules.ays(steps, "sd15")
+    sigmas = schedules.ays(steps, SD15.ays_sigmas)
     lengths = (2.0, 4.0, 8.0)  # every clip kind in both modes: quick mode only draws fewer clips
     clips = 8 if quick else 32
     threads = torch.get_num_threads()

@@ -16,6 +16,7 @@ from blender_unsample.engine.job.pipeline import restyle
 from blender_unsample.engine.method import schedules
 from blender_unsample.engine.method.context_windows import ContextWindowDenoiser, context_windows
 from blender_unsample.engine.method.unsampling import resample, unsample
+from blender_unsample.engine.models.families.sd15 import SD15
 
 
 class TemporalGaussian:
@@ -53,7 +54,7 @@ def exact_restyle(source: np.ndarray, unsample_model, resample_model, context: i
     """Unsample with one exact model, resample with another, through the engine's samplers and context windows
     (Euler, AYS schedule, one inversion refinement: the job's defaults)."""
     windows = context_windows(source.shape[0], context, overlap)
-    sigmas = schedules.ays(steps)
+    sigmas = schedules.ays(steps, SD15.ays_sigmas)
     x0 = to_video(source)
     noise = unsample(ContextWindowDenoiser(unsample_model, windows), x0, sigmas, refine=1)
     return to_frames(resample(ContextWindowDenoiser(resample_model, windows), noise, sigmas))

@@ -69,6 +69,7 @@ from blender_unsample.engine.method.context_windows import context_windows  # no
 from blender_unsample.engine.method.denoisers import Guidance, UNetDenoiser  # noqa: E402
 from blender_unsample.engine.method.schedules import get_sigmas  # noqa: E402
 from blender_unsample.engine.method.unsampling import unsample  # noqa: E402
+from blender_unsample.engine.models.families.sd15 import SD15  # noqa: E402
 from blender_unsample.engine.protocol import ErrorCode, Event, Progress  # noqa: E402
 from blender_unsample.engine.tiny_models import TinyModels  # noqa: E402
 
@@ -320,7 +321,7 @@ class Ours(fig2.Ours):
     def __init__(self, shared: fig2.Shared, frames: list[Any], size: int, steps: int, device: torch.device) -> None:
         with torch.inference_mode():
             self.denoiser = UNetDenoiser.from_scheduler(ControlledUNet(shared.unet, None), shared.scheduler)
-            self.sigmas = get_sigmas("ays", steps, training_sigmas=self.denoiser.sigmas, family="sd15")
+            self.sigmas = get_sigmas("ays", steps, training_sigmas=self.denoiser.sigmas, ays_sigmas=SD15.ays_sigmas)
             self.windows = context_windows(len(frames), len(frames), 0)  # one window, as diffusers has
 
             def encode(text: str) -> Any:

@@ -102,7 +102,7 @@ def addon(empty_scene, tiny_models, tmp_path):
     settings.resolution = "CUSTOM"
     settings.width, settings.height = 64, 40
     yield prefs
-    from blender_unsample.addon.runner import RUNNER
+    from blender_unsample.addon.jobs.runner import RUNNER
 
     RUNNER.cancel()
     while RUNNER.tick():
@@ -258,7 +258,7 @@ print(json.dumps({{"type": "done", "frames": len(frames), "out": str(out), "seco
 
 def run_interactively(scene, on_tick=None) -> list[float]:
     """Drive a queued batch the way the modal operator does: one tick per timer event."""
-    from blender_unsample.addon.runner import RUNNER
+    from blender_unsample.addon.jobs.runner import RUNNER
 
     durations = []
     while True:

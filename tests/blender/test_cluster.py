@@ -28,14 +28,15 @@ from conftest import (
 from test_prompts import draw, labels
 from test_restyle import check_styled
 
-from blender_unsample.addon import cluster, panel
+from blender_unsample.addon.jobs.runner import RUNNER
 from blender_unsample.addon.operators import (
     SEQUENCER_OT_unsample_check_cluster,
     SEQUENCER_OT_unsample_preview,
     SEQUENCER_OT_unsample_restyle,
 )
-from blender_unsample.addon.runner import RUNNER
-from blender_unsample.addon.worker import Worker
+from blender_unsample.addon.ui import panel
+from blender_unsample.addon.worker import cluster
+from blender_unsample.addon.worker.process import Worker
 
 
 @pytest.fixture
@@ -127,7 +128,7 @@ def test_the_preferences_show_the_cluster_setting_its_address_and_check_cluster(
 
 
 def test_a_worker_without_ray_is_pointed_to_set_up_worker(addon, tmp_path):
-    from blender_unsample.addon.worker_setup import CLUSTER_REQUIREMENTS, REQUIREMENTS, plan
+    from blender_unsample.addon.worker.environment import CLUSTER_REQUIREMENTS, REQUIREMENTS, plan
 
     install = plan("/py", tmp_path, "", cluster=True)[-2].command
     assert install[-4:] == ["-r", str(REQUIREMENTS), "-r", str(CLUSTER_REQUIREMENTS)]

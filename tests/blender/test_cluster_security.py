@@ -15,8 +15,9 @@ from conftest import poll_message, worker_python
 from test_cluster import job_files, started, use_cluster  # noqa: F401 - started is a fixture
 from test_prompts import draw, draw_preferences, labels
 
-from blender_unsample.addon import cluster, panel
 from blender_unsample.addon.operators import SEQUENCER_OT_unsample_check_cluster, SEQUENCER_OT_unsample_restyle
+from blender_unsample.addon.ui import panel
+from blender_unsample.addon.worker import cluster
 
 TOKEN = "c0de" * 16
 ALLOW = "--cluster-allow-unauthenticated"

@@ -24,10 +24,10 @@ from conftest import (
     write_frames,
 )
 
-from blender_unsample.addon import export, export_process
-from blender_unsample.addon.export import FrameExporter
-from blender_unsample.addon.export_process import ExportProcess
-from blender_unsample.addon.runner import RUNNER
+from blender_unsample.addon.jobs import export, export_process
+from blender_unsample.addon.jobs.export import FrameExporter
+from blender_unsample.addon.jobs.export_process import ExportProcess
+from blender_unsample.addon.jobs.runner import RUNNER
 
 
 def test_the_users_blender_renders_nothing_while_a_strip_is_restyled(image_strip):
@@ -205,7 +205,7 @@ exit_now = os._exit
 os._exit = lambda code: exit_now(code or 134)  # as if it crashed once every frame was written
 """
 STOP_AFTER_TWO = """
-from unsample_export.addon.export import FrameExporter
+from unsample_export.addon.jobs.export import FrameExporter
 FrameExporter.done = property(lambda self: len(self.paths) >= 2)
 """
 
@@ -247,7 +247,7 @@ def test_a_full_disk_while_writing_the_scenes_copy_is_named(image_strip, tmp_pat
 
 RENDER_DISK_FULL = """
 import errno
-from unsample_export.addon.export import FrameExporter
+from unsample_export.addon.jobs.export import FrameExporter
 def disk_full(self, budget):
     raise OSError(errno.ENOSPC, "No space left on device", str(self.folder / "frame_000000.png"))
 FrameExporter.step = disk_full

@@ -132,7 +132,7 @@ def test_zip_holds_the_package_at_its_root_and_nothing_else(package):
     names = set(zipfile.ZipFile(package["zips"][0]).namelist())
     assert {"__init__.py", "blender_manifest.toml", "LICENSE", f"wheels/{PROBE_WHEEL}"} <= names
     assert {f"wheels/{name}" for name in NATIVE_WHEELS} <= names  # one zip serves Blender 4.2 to 5.3
-    assert "addon/preferences.py" in names and "engine/protocol.py" in names
+    assert "addon/ui/preferences.py" in names and "engine/protocol.py" in names
     assert "engine/job/pipeline.py" in names and "engine/requirements.txt" in names
     assert "engine/tiny_models.py" not in names  # a test fixture, not for users
     assert not {n for n in names if n.startswith(("tests/", "blender_unsample/", ".")) or "__pycache__" in n}

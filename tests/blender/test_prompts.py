@@ -10,8 +10,8 @@ import bpy
 import pytest
 from conftest import styled_strips
 
-from blender_unsample.addon import panel
 from blender_unsample.addon.properties import job_spec
+from blender_unsample.addon.ui import panel
 
 _UI = bpy.types.UILayout.bl_rna
 PROMPT_FIELDS = {"prompt": "Style", "unsample_prompt": "Source"}
@@ -228,8 +228,8 @@ FROM_ELSEWHERE = {
 
 
 def test_every_setting_of_the_passes_is_the_scenes_or_the_preferences(addon):
-    from blender_unsample.addon.preferences import UnsamplePreferences
     from blender_unsample.addon.properties import MIRRORED
+    from blender_unsample.addon.ui.preferences import UnsamplePreferences
     from blender_unsample.engine.protocol import RESAMPLE_ROLES, UNSAMPLE_ROLES, settings_with
 
     preferences = set(UnsamplePreferences.__annotations__)

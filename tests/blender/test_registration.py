@@ -43,9 +43,10 @@ def test_registering_imports_no_torch(empty_scene):
 
 def test_disabling_the_add_on_while_the_panel_waits_for_the_worker_leaves_no_timer(addon):
     """A timer left behind would call into a disabled add-on (and bpy 4.2 crashes on exit with one)."""
-    from blender_unsample.addon import panel, worker
+    from blender_unsample.addon.ui import panel
+    from blender_unsample.addon.worker import process
 
-    worker.forget_worker_reports()
+    process.forget_worker_reports()
     panel._worker_state()  # the first draw: asks the worker Python in the background
     assert bpy.app.timers.is_registered(panel._redraw_once_reported)
     blender_unsample.unregister()

@@ -27,9 +27,9 @@ from conftest import (
 )
 
 from blender_unsample.addon import prefs as looked_up
+from blender_unsample.addon.jobs.runner import RUNNER
 from blender_unsample.addon.operators.batch import BatchOperator
-from blender_unsample.addon.runner import RUNNER
-from blender_unsample.addon.worker import Worker
+from blender_unsample.addon.worker.process import Worker
 
 
 def test_a_killed_worker_is_reported_and_resume_finishes_the_job_reusing_its_work(image_strip):

@@ -22,13 +22,13 @@ from conftest import (
     write_frames,
 )
 
-from blender_unsample.addon import menus, panel
+from blender_unsample.addon.jobs.runner import RUNNER
 from blender_unsample.addon.operators import (
     SEQUENCER_OT_unsample_cancel,
     SEQUENCER_OT_unsample_preview,
     SEQUENCER_OT_unsample_restyle,
 )
-from blender_unsample.addon.runner import RUNNER
+from blender_unsample.addon.ui import menus, panel
 
 
 def check_styled(scene, source, before, active=True):
@@ -269,7 +269,7 @@ def test_a_missing_worker_python_is_named(image_strip, tmp_path):
 
 def test_the_worker_python_is_asked_what_it_can_do(addon):
     from blender_unsample.addon.prefs import worker_python
-    from blender_unsample.addon.worker import forget_worker_reports
+    from blender_unsample.addon.worker.process import forget_worker_reports
 
     forget_worker_reports()
     report = worker_report_for(worker_python())
@@ -281,7 +281,7 @@ def test_a_worker_python_without_torch_greys_restyle_with_the_fix_named(image_st
     import subprocess
     import sys
 
-    from blender_unsample.addon.worker import worker_command, worker_environment
+    from blender_unsample.addon.worker.process import worker_command, worker_environment
 
     # A fresh install's worker Python: a virtual environment of this Python without its packages.
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
@@ -310,7 +310,7 @@ def test_a_worker_python_without_torch_greys_restyle_with_the_fix_named(image_st
 
 def worker_report_for(python: str) -> dict:
     """The report as the buttons see it (a first report counts once it has settled)."""
-    from blender_unsample.addon.worker import settled_worker_report
+    from blender_unsample.addon.worker.process import settled_worker_report
 
     deadline = time.monotonic() + 120
     while (report := settled_worker_report(python)) is None and time.monotonic() < deadline:
@@ -356,7 +356,7 @@ def test_the_lora_list_and_config_folder_reach_the_job(addon, tmp_path):
 
 
 def test_a_second_style_reuses_the_cached_unsample_pass_and_the_cache_can_be_cleared(image_strip, capfd):
-    from blender_unsample.addon.paths import cache_usage
+    from blender_unsample.addon.jobs.paths import cache_usage
     from blender_unsample.addon.prefs import latent_cache_folder
 
     scene = bpy.context.scene

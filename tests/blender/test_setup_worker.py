@@ -19,10 +19,10 @@ import pytest
 from conftest import ROOT, poll_message, styled_strips, worker_python
 
 from blender_unsample.addon import prefs as looked_up
-from blender_unsample.addon import worker_setup
 from blender_unsample.addon.operators import SEQUENCER_OT_unsample_setup_cancel, SEQUENCER_OT_unsample_setup_worker
 from blender_unsample.addon.operators import setup_worker as setup_operator
-from blender_unsample.addon.worker_setup import (
+from blender_unsample.addon.worker import environment
+from blender_unsample.addon.worker.environment import (
     UV_VERSION,
     InstallProgress,
     failure_reason,
@@ -59,11 +59,11 @@ def setup_prefs(addon, wheelhouse):
     addon.package_index = wheelhouse.as_uri()
     bpy.context.window_manager.unsample.setup.status = "IDLE"
     yield addon
-    worker_setup.cancel_running()
+    environment.cancel_running()
 
 
 def env_python(prefs, slot: str = "worker-env") -> Path:
-    return worker_setup.env_python(Path(prefs.cache_folder) / slot)
+    return environment.env_python(Path(prefs.cache_folder) / slot)
 
 
 def group_alive(group: int, grace: float = 5.0) -> bool:
@@ -80,7 +80,7 @@ def group_alive(group: int, grace: float = 5.0) -> bool:
 
 def wait_for_report(python: str) -> dict:
     """The panel's check of a worker Python, asked in the background as the panel asks it."""
-    from blender_unsample.addon.worker import worker_report
+    from blender_unsample.addon.worker.process import worker_report
 
     deadline = time.monotonic() + 120
     while (report := worker_report(python)) is None:
@@ -173,7 +173,7 @@ def test_refreshes_that_fail_leave_the_working_environment_as_it_was(setup_prefs
     setup_prefs.cluster = "NONE"
     assert bpy.ops.sequencer.unsample_setup_worker() == {"FINISHED"}
     assert Path(setup_prefs.worker_python) == env_python(setup_prefs, "worker-env-2"), "built beside the old one"
-    report = worker_setup.latest().report  # the set-up's own doctor, in the environment now in use
+    report = environment.latest().report  # the set-up's own doctor, in the environment now in use
     assert report["missing"] == [] and report["packages"]["torch"].startswith("2.13.0")
     assert site_packages(working) == installed, "the old environment is kept: a job may still run from it"
 
@@ -183,7 +183,7 @@ def test_cancel_kills_the_install_and_keeps_worker_python(setup_prefs, tmp_path)
     assert poll_message(SEQUENCER_OT_unsample_setup_cancel, context) == (False, "The worker is not being set up")
     old = setup_prefs.worker_python
     root = setup_operator.setup_root()
-    job = worker_setup.start(sys.executable, root, setup_operator.package_index(), worker_python=old)
+    job = environment.start(sys.executable, root, setup_operator.package_index(), worker_python=old)
     deadline = time.monotonic() + 60
     while not (job.step.kind == "install" and job.process is not None and job.process.poll() is None):
         assert not job.done and time.monotonic() < deadline, job.message
@@ -208,7 +208,7 @@ def test_disabling_the_add_on_stops_a_running_set_up(setup_prefs):
     import addon_utils
 
     root, index = setup_operator.setup_root(), setup_operator.package_index()
-    job = worker_setup.start(sys.executable, root, index, worker_python=setup_prefs.worker_python)
+    job = environment.start(sys.executable, root, index, worker_python=setup_prefs.worker_python)
     deadline = time.monotonic() + 30
     while job.process is None:
         assert time.monotonic() < deadline
@@ -246,7 +246,7 @@ def test_the_button_is_grey_with_the_reason_unless_online_or_local(
 
 @pytest.fixture
 def no_torch_report(monkeypatch):
-    from blender_unsample.addon import panel
+    from blender_unsample.addon.ui import panel
 
     report = {"missing": ["torch", "diffusers", "transformers"]}
     monkeypatch.setattr(panel, "_worker_state", lambda: report)
@@ -259,7 +259,7 @@ def drawn_operators(drawn: list) -> list[str]:
 def test_the_panel_offers_set_up_worker_then_shows_its_progress_then_why_it_failed(image_strip, no_torch_report):
     from test_prompts import draw, labels
 
-    from blender_unsample.addon.panel import SEQUENCER_PT_unsample
+    from blender_unsample.addon.ui.panel import SEQUENCER_PT_unsample
 
     scene, state = bpy.context.scene, bpy.context.window_manager.unsample.setup
     drawn = draw(SEQUENCER_PT_unsample, scene)  # Layout checks every call against this Blender's UILayout
@@ -297,7 +297,7 @@ def test_the_plan_uses_uv_with_pytorchs_index_only_without_a_package_index(tmp_p
     assert steps[0].command == ["/blender/python", "-m", "venv", "--clear", str(tmp_path / "worker-env")]
     assert steps[1].command[-1] == f"uv=={UV_VERSION}"
     install = steps[2].command
-    assert install[:3] == [str(worker_setup.env_uv(tmp_path / "worker-env")), "pip", "install"]
+    assert install[:3] == [str(environment.env_uv(tmp_path / "worker-env")), "pip", "install"]
     assert "--torch-backend=auto" in install and "--index-url" not in install
     assert install[install.index("--cache-dir") + 1] == str(tmp_path / "uv-cache")
     assert install[-2:] == ["-r", str(REQUIREMENTS)]
@@ -341,7 +341,7 @@ def test_a_set_up_builds_afresh_beside_the_environment_worker_python_points_into
     steps = plan("/py", root, "", worker_python=worker_python)
     assert [s.kind for s in steps] == ["venv", "uv", "install", "check"]
     assert steps[0].command == ["/py", "-m", "venv", "--clear", str(root / built)]  # nothing points at it
-    assert worker_setup.SetupJob("/py", root, "", worker_python=worker_python).env == root / built
+    assert environment.SetupJob("/py", root, "", worker_python=worker_python).env == root / built
     assert not any(str(comfy) in word for step in steps for word in step.command)
 
 

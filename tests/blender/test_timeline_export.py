@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import add_image_strip, image_pixels, run_interactively, styled_strips, video_scene, write_frames
 
-from blender_unsample.addon.export import FrameExporter
-from blender_unsample.addon.runner import RUNNER
+from blender_unsample.addon.jobs.export import FrameExporter
+from blender_unsample.addon.jobs.runner import RUNNER
 
 
 def restyle(scene, strip):

@@ -21,12 +21,12 @@ from conftest import (
     write_frames,
 )
 
+from blender_unsample.addon.jobs.runner import RUNNER
 from blender_unsample.addon.operators import (
     SEQUENCER_OT_unsample_preview,
     SEQUENCER_OT_unsample_restyle,
     SEQUENCER_OT_unsample_resume,
 )
-from blender_unsample.addon.runner import RUNNER
 
 
 @pytest.fixture

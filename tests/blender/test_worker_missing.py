@@ -13,15 +13,15 @@ import pytest
 from conftest import poll_message
 from test_prompts import draw, draw_preferences, labels, props
 
-from blender_unsample.addon import panel
 from blender_unsample.addon import prefs as looked_up
+from blender_unsample.addon.jobs.runner import RUNNER
 from blender_unsample.addon.operators import (
     SEQUENCER_OT_unsample_preview,
     SEQUENCER_OT_unsample_restyle,
     SEQUENCER_OT_unsample_resume,
 )
-from blender_unsample.addon.runner import RUNNER
-from blender_unsample.addon.worker import forget_worker_reports, settled_worker_report, worker_report
+from blender_unsample.addon.ui import panel
+from blender_unsample.addon.worker.process import forget_worker_reports, settled_worker_report, worker_report
 
 BATCH_OPERATORS = (SEQUENCER_OT_unsample_restyle, SEQUENCER_OT_unsample_preview, SEQUENCER_OT_unsample_resume)
 
@@ -123,7 +123,7 @@ def test_the_preferences_say_why_set_up_worker_is_grey(fresh_install):
 
 
 def test_packages_installed_by_hand_are_noticed_without_restarting(image_strip, tmp_path, monkeypatch):
-    from blender_unsample.addon import worker
+    from blender_unsample.addon.worker import process
 
     def doctor_saying(missing: list[str]) -> None:
         report = {"python": "x", "packages": {"torch": "2.13.0"}, "missing": missing, "devices": ["cpu"]}
@@ -137,7 +137,7 @@ def test_packages_installed_by_hand_are_noticed_without_restarting(image_strip, 
     assert wait_for_report(str(script))["missing"] == ["torch"]
     assert not poll_message(SEQUENCER_OT_unsample_restyle, bpy.context)[0]
     doctor_saying([])  # the user ran `pip install torch` in that environment
-    monkeypatch.setattr(worker, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(process, "RECHECK_SECONDS", 0.0)
     deadline = time.monotonic() + 60
     while worker_report(str(script))["missing"]:
         assert time.monotonic() < deadline, "the missing packages were never asked about again"

@@ -8,6 +8,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from blender_unsample.engine.method import schedules
 from blender_unsample.engine.method.denoisers import Conditioning, Guidance, UNetDenoiser
 from blender_unsample.engine.method.unsampling import resample, unsample
+from blender_unsample.engine.models.families.sd15 import SD15
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_motion_unet_round_trip_runs_and_is_bit_deterministic(scheduler, motion_
     model = UNetDenoiser.from_scheduler(motion_unet, scheduler)
     guidance = Guidance(encode("a city street at night"), encode(""), 2.0)
     latents = torch.randn(1, 4, 6, 8, 8, generator=torch.Generator().manual_seed(3))
-    sigmas = schedules.ays(4)
+    sigmas = schedules.ays(4, SD15.ays_sigmas)
 
     def round_trip():
         noise = unsample(model, latents, sigmas, sampler=sampler, extra_args={"guidance": guidance})
@@ -134,7 +135,7 @@ def test_motion_unet_round_trip_runs_and_is_bit_deterministic(scheduler, motion_
 def test_motion_unet_prompt_changes_the_result(scheduler, motion_unet, encode):
     model = UNetDenoiser.from_scheduler(motion_unet, scheduler)
     latents = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(4))
-    sigmas = schedules.ays(3)
+    sigmas = schedules.ays(3, SD15.ays_sigmas)
     source = Guidance(encode("a photo"))
     noise = unsample(model, latents, sigmas, extra_args={"guidance": source})
     same = resample(model, noise, sigmas, extra_args={"guidance": source})

@@ -409,7 +409,9 @@ def test_a_job_with_a_lora_of_the_other_family_names_both_files_and_families(
     assert f"the checkpoint {checkpoint} is {names[model_family]}" in message, message
 
 
-@pytest.mark.parametrize(("width", "model_family", "named"), [(2048, "sd15", "SDXL"), (768, "sdxl", "SD 1.5")])
+@pytest.mark.parametrize(
+    ("width", "model_family", "named"), [(2048, "sd15", "SDXL"), (768, "sdxl", "SD 1.5"), (1024, "sd15", "SD 2.x")]
+)
 def test_real_cross_attention_widths_tell_the_family(width, model_family, named, load, tmp_path):
     models = load(model_family)
     update = Update(torch.ones(4, width), torch.ones(640, 4), 4.0)

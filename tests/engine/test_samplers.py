@@ -9,6 +9,7 @@ from gaussian_mixture import GaussianMixture
 from blender_unsample.engine.method import schedules
 from blender_unsample.engine.method.samplers import UnsupportedSamplerError, get_sampler
 from blender_unsample.engine.method.unsampling import resample, unsample
+from blender_unsample.engine.models.families.sd15 import SD15
 
 SAMPLERS = ["euler", "dpmpp_2m"]
 
@@ -24,7 +25,7 @@ def data(mixture) -> torch.Tensor:
 
 
 def round_trip_error(model, x0, sampler: str, steps: int) -> float:
-    sigmas = schedules.ays(steps)
+    sigmas = schedules.ays(steps, SD15.ays_sigmas)
     noise = unsample(model, x0, sigmas, sampler=sampler)
     back = resample(model, noise, sigmas, sampler=sampler)
     return float((back - x0).pow(2).mean().sqrt())
@@ -54,10 +55,11 @@ def exact_spread(mixture: GaussianMixture, sigma: float) -> float:
 
 def test_unsampled_noise_reaches_the_exact_spread_at_sigma_max(mixture):
     data = mixture.sample(20000, seed=2)  # many samples: the spread's own sampling error is ~0.3 %
-    sigma_max = float(schedules.ays(16)[0])
+    sigma_max = float(schedules.ays(16, SD15.ays_sigmas)[0])
     exact = exact_spread(mixture, sigma_max)
     spreads = {
-        (sampler, steps): float(unsample(mixture, data, schedules.ays(steps), sampler=sampler).std()) / exact
+        (sampler, steps): float(unsample(mixture, data, schedules.ays(steps, SD15.ays_sigmas), sampler=sampler).std())
+        / exact
         for sampler in SAMPLERS
         for steps in (16, 64)
     }
@@ -72,7 +74,7 @@ def test_unsampled_noise_reaches_the_exact_spread_at_sigma_max(mixture):
 
 def test_unsampled_noise_keeps_each_sample_distinguishable(mixture, data):
     # The noise is a function of the input: the source is recoverable, not replaced.
-    noise = unsample(mixture, data[:64], schedules.ays(16), sampler="dpmpp_2m")
+    noise = unsample(mixture, data[:64], schedules.ays(16, SD15.ays_sigmas), sampler="dpmpp_2m")
     distances = torch.cdist(noise, noise) + torch.eye(64) * 1e9
     assert float(distances.min()) > 1e-3
 
@@ -80,7 +82,7 @@ def test_unsampled_noise_keeps_each_sample_distinguishable(mixture, data):
 @pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "DPM_2_Ancestral"])
 def test_noise_injecting_samplers_are_refused_with_the_reason(mixture, data, name):
     with pytest.raises(UnsupportedSamplerError, match="noise") as error:
-        unsample(mixture, data, schedules.ays(4), sampler=name)
+        unsample(mixture, data, schedules.ays(4, SD15.ays_sigmas), sampler=name)
     assert "euler" in str(error.value) and "dpmpp_2m" in str(error.value)
 
 
@@ -91,17 +93,17 @@ def test_unknown_sampler_names_the_choices():
 
 def test_passes_refuse_a_schedule_in_the_wrong_direction(mixture, data):
     with pytest.raises(ValueError, match="decreasing"):
-        unsample(mixture, data, schedules.flip(schedules.ays(4)))
+        unsample(mixture, data, schedules.flip(schedules.ays(4, SD15.ays_sigmas)))
     with pytest.raises(ValueError, match="decreasing"):
-        resample(mixture, data, schedules.flip(schedules.ays(4)))
+        resample(mixture, data, schedules.flip(schedules.ays(4, SD15.ays_sigmas)))
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_callback_sees_every_step_and_can_stop_the_pass(mixture, data, sampler):
     seen = []
-    unsample(mixture, data[:8], schedules.ays(6), sampler=sampler, callback=seen.append)
+    unsample(mixture, data[:8], schedules.ays(6, SD15.ays_sigmas), sampler=sampler, callback=seen.append)
     assert [(s.index, s.total) for s in seen] == [(i, 6) for i in range(6)]
-    assert [s.sigma for s in seen] == schedules.flip(schedules.ays(6))[:-1].tolist()
+    assert [s.sigma for s in seen] == schedules.flip(schedules.ays(6, SD15.ays_sigmas))[:-1].tolist()
 
     class Stop(Exception):
         pass
@@ -112,21 +114,21 @@ def test_callback_sees_every_step_and_can_stop_the_pass(mixture, data, sampler):
 
     calls_before = mixture.calls
     with pytest.raises(Stop):
-        resample(mixture, data[:8], schedules.ays(6), sampler=sampler, callback=stop_at_third)
+        resample(mixture, data[:8], schedules.ays(6, SD15.ays_sigmas), sampler=sampler, callback=stop_at_third)
     assert mixture.calls - calls_before == 3
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_one_model_call_per_step(mixture, data, sampler):
     before = mixture.calls
-    unsample(mixture, data[:8], schedules.ays(12), sampler=sampler)
+    unsample(mixture, data[:8], schedules.ays(12, SD15.ays_sigmas), sampler=sampler)
     assert mixture.calls - before == 12
 
 
 def test_refinement_cuts_the_euler_round_trip_error_to_a_third_or_less(mixture, data):
     from blender_unsample.engine.method.unsampling import resample, unsample
 
-    sigmas = schedules.ays(16)
+    sigmas = schedules.ays(16, SD15.ays_sigmas)
     errors, calls = {}, {}
     for refine in (0, 1, 2, 3):
         before = mixture.calls
@@ -140,8 +142,8 @@ def test_refinement_cuts_the_euler_round_trip_error_to_a_third_or_less(mixture, 
 
 
 def test_dpmpp_2m_ignores_refinement(mixture, data):
-    plain = unsample(mixture, data, schedules.ays(8), sampler="dpmpp_2m")
-    refined = unsample(mixture, data, schedules.ays(8), sampler="dpmpp_2m", refine=3)
+    plain = unsample(mixture, data, schedules.ays(8, SD15.ays_sigmas), sampler="dpmpp_2m")
+    refined = unsample(mixture, data, schedules.ays(8, SD15.ays_sigmas), sampler="dpmpp_2m", refine=3)
     assert torch.equal(plain, refined)
 
 

@@ -6,6 +6,7 @@ from diffusers import EulerDiscreteScheduler
 from diffusers.schedulers import AysSchedules
 
 from blender_unsample.engine.method import schedules
+from blender_unsample.engine.models import families
 
 # How SD 1.5 and SDXL were trained: 1000 timesteps of scaled-linear betas from 0.00085 to 0.012.
 TRAINING = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
@@ -50,7 +51,7 @@ def sd15_training_sigmas() -> torch.Tensor:
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_ays_at_ten_steps_equals_diffusers_schedule(family):
-    sigmas = schedules.ays(10, family)
+    sigmas = schedules.ays(10, families.family(family).ays_sigmas)
     expected = diffusers_ays(family)
     assert len(sigmas) == len(expected) == 11
     torch.testing.assert_close(sigmas[:-1], expected[:-1], rtol=RTOL, atol=0)
@@ -70,7 +71,7 @@ def test_ays_at_ten_steps_is_within_rounding_of_the_published_sigmas(family):
     for t in AysSchedules[f"{AYS_NAMES[family]}Timesteps"]:
         neighbours = [training[n] for n in (t - 1, t + 1) if 0 <= n < len(training)]
         allowed.append(5e-4 + max(abs(float(n - training[t])) for n in neighbours) / 2)
-    ours = schedules.ays(10, family)
+    ours = schedules.ays(10, families.family(family).ays_sigmas)
     assert ours[-1] == published[-1] == 0
     for value, target, slack in zip(ours[:-1].tolist(), published[:-1].tolist(), allowed, strict=True):
         assert abs(value - target) <= slack, (value, target, slack)
@@ -81,21 +82,33 @@ def test_ays_at_ten_steps_is_within_rounding_of_the_published_sigmas(family):
 def test_ays_at_other_step_counts_interpolates_the_ten_step_levels_log_linearly(family, steps):
     levels = diffusers_ays(family, with_timestep_zero=True)[:-1].tolist()  # 11 levels, timestep 999 to 0
     expected = torch.tensor(loglinear_reference(levels, steps), dtype=torch.float64)
-    sigmas = schedules.ays(steps, family)
+    sigmas = schedules.ays(steps, families.family(family).ays_sigmas)
     assert len(sigmas) == steps + 1
     torch.testing.assert_close(sigmas[:-1], expected[:-1], rtol=RTOL, atol=0)
     assert sigmas[-1] == 0
 
 
 def test_sdxl_and_sd15_ays_lists_differ():
-    assert not torch.allclose(schedules.ays(16, "sd15"), schedules.ays(16, "sdxl"))
+    sd15, sdxl = (families.family(name).ays_sigmas for name in ("sd15", "sdxl"))
+    assert not torch.allclose(schedules.ays(16, sd15), schedules.ays(16, sdxl))
+
+
+@pytest.mark.parametrize("published", [(), (14.6,), (14.6, 1.0, 3.0, 0.03)])
+def test_ays_needs_a_falling_published_list(published):
+    # e.g. get_sigmas("ays", ...) called without the family's list: a clear refusal, not a wrong schedule.
+    with pytest.raises(ValueError, match="must fall"):
+        schedules.ays(10, published)
+    with pytest.raises(ValueError, match="must fall"):
+        schedules.get_sigmas("ays", 10, training_sigmas=sd15_training_sigmas(), ays_sigmas=published)
 
 
 @pytest.mark.parametrize("scheduler", schedules.SCHEDULERS)
 @pytest.mark.parametrize("steps", [1, 4, 16, 33])
 def test_every_schedule_decreases_from_sigma_max_to_zero(scheduler, steps):
     training = sd15_training_sigmas()
-    sigmas = schedules.get_sigmas(scheduler, steps, training_sigmas=training)
+    sigmas = schedules.get_sigmas(
+        scheduler, steps, training_sigmas=training, ays_sigmas=families.family("sd15").ays_sigmas
+    )
     assert len(sigmas) == steps + 1
     assert sigmas[-1] == 0
     assert sigmas[0] == pytest.approx(float(training.max()), rel=1e-4)
@@ -135,7 +148,7 @@ def test_sigma_at_fractional_timestep_interpolates_log_sigma():
 
 
 def test_flip_reverses_and_replaces_the_leading_zero():
-    forward = schedules.ays(4)
+    forward = schedules.ays(4, families.family("sd15").ays_sigmas)
     flipped = schedules.flip(forward)
     assert flipped[0] == schedules.FLIP_START_SIGMA == 1e-4
     torch.testing.assert_close(flipped[1:], forward.flip(0)[1:])
@@ -150,11 +163,9 @@ def test_flip_keeps_a_nonzero_first_sigma():
 @pytest.mark.parametrize("steps", [0, -3, 2.5])
 def test_bad_step_counts_are_refused(steps):
     with pytest.raises(ValueError, match="steps"):
-        schedules.ays(steps)
+        schedules.ays(steps, families.family("sd15").ays_sigmas)
 
 
 def test_unknown_names_are_refused_with_the_choices():
-    with pytest.raises(ValueError, match="sdxl"):
-        schedules.ays(10, "sd3")
     with pytest.raises(ValueError, match="karras"):
         schedules.get_sigmas("beta", 10, training_sigmas=sd15_training_sigmas())

@@ -1,6 +1,6 @@
 """The add-on and the worker agree on every fact they share, and engine/protocol.py owns each.
 
-The add-on's modules import bpy, so they are read here as source (``ast``); ``addon/paths.py`` is
+The add-on's modules import bpy, so they are read here as source (``ast``); ``addon/jobs/paths.py`` is
 pure and is loaded as it is. The engine's side is checked by running it: each protocol name must be
 something the worker really does, and each thing the worker does must be a protocol name.
 """
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PACKAGE = Path(protocol.__file__).resolve().parents[1]
 ADDON = PACKAGE / "addon"
+PATHS_MODULE = ADDON / "jobs" / "paths.py"
 ENGINE = PACKAGE / "engine"
 
 
@@ -37,8 +38,8 @@ def addon_files() -> list[Path]:
 
 
 def load_addon_paths():
-    """addon/paths.py, loaded without the add-on package (whose __init__ imports bpy)."""
-    spec = importlib.util.spec_from_file_location("blender_unsample.addon.paths", ADDON / "paths.py")
+    """addon/jobs/paths.py, loaded without the add-on package (whose __init__ imports bpy)."""
+    spec = importlib.util.spec_from_file_location("blender_unsample.addon.jobs.paths", PATHS_MODULE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -103,7 +104,7 @@ def test_protocol_and_addon_paths_load_without_torch_or_bpy():
     script = (
         "import sys, importlib.util\n"
         "import blender_unsample.engine.protocol\n"
-        f"spec = importlib.util.spec_from_file_location('blender_unsample.addon.paths', {str(ADDON / 'paths.py')!r})\n"
+        f"spec = importlib.util.spec_from_file_location('blender_unsample.addon.jobs.paths', {str(PATHS_MODULE)!r})\n"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         "print(sorted({'torch', 'bpy', 'numpy'} & set(sys.modules)))\n"
     )
@@ -124,23 +125,27 @@ def test_samplers():
 
 def test_schedulers_work_for_every_family():
     from blender_unsample.engine.method import schedules
+    from blender_unsample.engine.models import families
 
     training = torch.linspace(0.03, 14.6, 1000, dtype=torch.float64)
     for family in protocol.FAMILIES:
+        published = families.family(family).ays_sigmas
         for name in protocol.SCHEDULERS:
-            assert len(schedules.get_sigmas(name, 7, training_sigmas=training, family=family)) == 8
+            assert len(schedules.get_sigmas(name, 7, training_sigmas=training, ays_sigmas=published)) == 8
     with pytest.raises(ValueError):
         schedules.get_sigmas("beta", 7, training_sigmas=training)
 
 
 def test_families():
     from blender_unsample.engine import tiny_models
-    from blender_unsample.engine.method import schedules
     from blender_unsample.engine.models import families
 
     assert set(protocol.NATIVE_SIZE) == set(protocol.FAMILY_NAMES) == set(protocol.FAMILIES)
-    assert set(schedules.AYS_SIGMAS) == set(protocol.FAMILIES), "each family needs its Align Your Steps list"
-    assert families.FAMILY_NAMES is protocol.FAMILY_NAMES
+    assert set(protocol.FAMILY_DESCRIPTIONS) == set(protocol.FAMILIES)
+    assert set(families.FAMILIES) == set(protocol.FAMILIES)
+    for name, family in families.FAMILIES.items():
+        assert family.label == protocol.FAMILY_NAMES[name]
+        assert family.checkpoint_config_repo == protocol.DEFAULT_MODELS[name].checkpoint
     assert tuple(tiny_models.FAMILIES) == protocol.FAMILIES
 
 
@@ -180,10 +185,10 @@ def test_devices_are_the_ones_the_worker_knows():
 
 
 def test_addon_menus_offer_the_protocol_choices():
-    assert_enum_mirrors(ADDON / "preferences.py", "device", "DEVICES", "device")
+    assert_enum_mirrors(ADDON / "ui" / "preferences.py", "device", "DEVICES", "device")
     # The other choices come from JobSpec's own metadata through spec_property; each needs a label.
     tree = source(ADDON / "properties.py")
-    labelled = {key.value for key in addon_value(ADDON / "properties.py", "_LABELS").keys}
+    labelled = {key.value for key in addon_value(ADDON / "properties.py", "_LABELS").keys} | set(protocol.FAMILIES)
     mirrored = {
         node.args[0].value
         for node in ast.walk(tree)
@@ -226,7 +231,7 @@ def test_stages_the_engine_emits_are_the_protocol_stages():
 
 
 def test_addon_names_every_stage():
-    text = addon_value(ADDON / "runner.py", "STAGE_TEXT")
+    text = addon_value(ADDON / "jobs" / "runner.py", "STAGE_TEXT")
     assert sorted(key.value for key in text.keys) == sorted(protocol.STAGES)
 
 
@@ -235,7 +240,7 @@ def test_addon_names_every_stage():
 
 def exported_names() -> tuple[str, str]:
     """The name the add-on gives its first exported frame, and the one it writes it under first."""
-    tree = source(ADDON / "export.py")
+    tree = source(ADDON / "jobs" / "export.py")
     strings = [node for node in ast.walk(tree) if isinstance(node, ast.JoinedStr)]
     frame = next(node for node in strings if ast.unparse(node).startswith("f'frame_"))
     name = eval(compile(ast.Expression(frame), "export.py", "eval"), {}, {"index": 0})
@@ -257,14 +262,14 @@ def test_frames_the_addon_exports_are_the_ones_the_worker_reads(tmp_path):
     (tmp_path / partial_name).write_bytes(b"")  # a frame being written: the worker must not take it
     assert list_frames(tmp_path) == [tmp_path / name]
     # The add-on's globs: the whole frame (export, resume, import) and the partial one (clean-up).
-    assert fnmatch.fnmatch(partial_name, addon_string(ADDON / "export_process.py", "PARTIAL"))
-    for path in (ADDON / "runner.py", ADDON / "export_process.py"):
+    assert fnmatch.fnmatch(partial_name, addon_string(ADDON / "jobs" / "export_process.py", "PARTIAL"))
+    for path in (ADDON / "jobs" / "runner.py", ADDON / "jobs" / "export_process.py"):
         globs = {
             node.args[0].value
             for node in ast.walk(source(path))
             if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(".glob") and is_string(node.args[0])
         }
-        for pattern in globs - {addon_string(ADDON / "export_process.py", "PARTIAL")}:
+        for pattern in globs - {addon_string(ADDON / "jobs" / "export_process.py", "PARTIAL")}:
             assert fnmatch.fnmatch(name, pattern) and not fnmatch.fnmatch(partial_name, pattern), (path.name, pattern)
 
 
@@ -275,7 +280,7 @@ def test_single_model_files():
 
 
 def test_the_panel_knows_every_single_model_file():
-    for node in ast.walk(source(ADDON / "panel.py")):
+    for node in ast.walk(source(ADDON / "ui" / "panel.py")):
         if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("checkpoint.lower().endswith"):
             suffixes = node.args[0]
             if not (isinstance(suffixes, ast.Name) and suffixes.id == "MODEL_FILE_SUFFIXES"):

@@ -10,7 +10,8 @@ from formats import animatediff, animatediff_release, ldm_controlnet, ldm_vae, o
 from safetensors.torch import save_file
 
 from blender_unsample.engine.errors import UnsampleError
-from blender_unsample.engine.models import single_file
+from blender_unsample.engine.models import families, motion_layout, single_file, weights_file
+from blender_unsample.engine.models.families import detect
 from blender_unsample.engine.protocol import ErrorCode
 from blender_unsample.engine.tiny_models import build_tiny_models
 
@@ -181,9 +182,9 @@ def test_the_components_equal_what_diffusers_own_single_file_loader_gives(
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_the_family_is_read_from_the_file_header(family, checkpoint_files, tmp_path):
-    assert single_file.checkpoint_family(checkpoint_files[family]) == family
+    assert detect.checkpoint_file_family(checkpoint_files[family]) == family
     pickled = save(checkpoint_state(checkpoint_files[family]), tmp_path / "model.ckpt")
-    assert single_file.checkpoint_family(pickled) == family
+    assert detect.checkpoint_file_family(pickled) == family
 
 
 def test_a_ckpt_of_plain_tensors_loads_weights_only(tiny, originals, checkpoint_files, tmp_path):
@@ -278,7 +279,7 @@ def unet_keys(channels: int = 4) -> dict[str, tuple[int, ...]]:
 )
 def test_other_files_are_refused_as_checkpoints_saying_what_they_seem_to_be(shapes, words):
     with pytest.raises(UnsampleError) as excinfo:
-        single_file.detect_checkpoint_family(shapes, "model.safetensors")
+        detect.checkpoint_family(shapes, "model.safetensors")
     assert_error(excinfo, ErrorCode.MODEL_INVALID, "model.safetensors", *words)
 
 
@@ -286,7 +287,7 @@ def test_other_files_are_refused_as_checkpoints_saying_what_they_seem_to_be(shap
 
 
 def test_configs_come_from_the_hugging_face_cache_of_the_reference_repo(hub_cache, tiny, originals, checkpoint_files):
-    snapshot = cache_configs(hub_cache, single_file.CONFIG_REPOS["sd15"], tiny["sd15"].checkpoint)
+    snapshot = cache_configs(hub_cache, families.family("sd15").checkpoint_config_repo, tiny["sd15"].checkpoint)
 
     loaded = single_file.load_checkpoint(checkpoint_files["sd15"])
 
@@ -298,7 +299,7 @@ def test_configs_come_from_the_hugging_face_cache_of_the_reference_repo(hub_cach
 def test_missing_configs_name_the_repo_and_how_to_get_it(family, checkpoint_files):
     with pytest.raises(UnsampleError) as excinfo:
         single_file.load_checkpoint(checkpoint_files[family])
-    repo = single_file.CONFIG_REPOS[family]
+    repo = families.family(family).checkpoint_config_repo
     assert_error(excinfo, ErrorCode.MODEL_NOT_FOUND, repo, "not in the Hugging Face cache", "--allow-download")
     assert "config folder" in excinfo.value.message
 
@@ -306,7 +307,7 @@ def test_missing_configs_name_the_repo_and_how_to_get_it(family, checkpoint_file
 def test_a_download_that_cannot_happen_says_so(checkpoint_files):
     with pytest.raises(UnsampleError) as excinfo:
         single_file.load_checkpoint(checkpoint_files["sdxl"], allow_download=True)
-    assert_error(excinfo, ErrorCode.MODEL_NOT_FOUND, "cannot download", single_file.CONFIG_REPOS["sdxl"])
+    assert_error(excinfo, ErrorCode.MODEL_NOT_FOUND, "cannot download", families.family("sdxl").checkpoint_config_repo)
 
 
 def test_a_config_folder_that_does_not_exist_is_named(checkpoint_files, tmp_path):
@@ -324,12 +325,12 @@ def test_a_config_folder_of_the_wrong_kind_is_named_with_what_it_lacks(tiny, che
 
 
 def test_an_incomplete_cached_copy_counts_as_missing(hub_cache, tiny, checkpoint_files):
-    snapshot = cache_configs(hub_cache, single_file.CONFIG_REPOS["sd15"], tiny["sd15"].checkpoint)
+    snapshot = cache_configs(hub_cache, families.family("sd15").checkpoint_config_repo, tiny["sd15"].checkpoint)
     (snapshot / "unet" / "config.json").unlink()
 
     with pytest.raises(UnsampleError) as excinfo:
         single_file.load_checkpoint(checkpoint_files["sd15"])
-    assert_error(excinfo, ErrorCode.MODEL_NOT_FOUND, single_file.CONFIG_REPOS["sd15"], "--allow-download")
+    assert_error(excinfo, ErrorCode.MODEL_NOT_FOUND, families.family("sd15").checkpoint_config_repo, "--allow-download")
 
 
 def test_configs_of_the_other_family_do_not_fit(tiny, checkpoint_files):
@@ -361,7 +362,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": {"weight": torch.ones(2)}, "extra": Payload()}, path)
 
-    for load in (single_file.read_state_dict, single_file.load_checkpoint, single_file.load_motion_module):
+    for load in (weights_file.read_state_dict, single_file.load_checkpoint, single_file.load_motion_module):
         with pytest.raises(UnsampleError) as excinfo:
             load(path)
         assert_error(
@@ -388,7 +389,7 @@ def test_a_text_file_named_safetensors_is_refused(tmp_path):
     path = tmp_path / "notes.safetensors"
     path.write_text("Download the model from the link below.\n" * 20)
 
-    for load in (single_file.load_checkpoint, single_file.load_motion_module, single_file.checkpoint_family):
+    for load in (single_file.load_checkpoint, single_file.load_motion_module, detect.checkpoint_file_family):
         with pytest.raises(UnsampleError) as excinfo:
             load(path)
         assert_error(excinfo, ErrorCode.MODEL_INVALID, "notes.safetensors", "not a readable .safetensors file")
@@ -463,7 +464,7 @@ def test_a_motion_modules_config_is_read_off_its_weights(family, originals, tmp_
     # Everything but the head count and norm groups, which are AnimateDiff's constants, not the tiny model's.
     for name in ("block_out_channels", "motion_layers_per_block", "motion_max_seq_length", "use_motion_mid_block"):
         assert list(_listed(loaded.model.config[name])) == list(_listed(original.config[name])), name
-    assert loaded.model.config.motion_num_attention_heads == single_file.MOTION_HEADS
+    assert loaded.model.config.motion_num_attention_heads == motion_layout.MOTION_HEADS
 
 
 def _listed(value):

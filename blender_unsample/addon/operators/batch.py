@@ -14,12 +14,12 @@ from pathlib import Path
 import bpy
 
 from ...engine.protocol import HUB_ID, MODEL_FILE_SUFFIXES
-from ..cluster import cluster_problem
+from ..jobs.runner import RUNNER
+from ..jobs.strips import has_strips
 from ..prefs import cluster_token_file, preferences, worker_python
 from ..properties import _model_path
-from ..runner import RUNNER
-from ..strips import has_strips
-from ..worker import settled_worker_report, worker_report
+from ..worker.cluster import cluster_problem
+from ..worker.process import settled_worker_report, worker_report
 from .setup_worker import setup_problem
 
 TIMER_INTERVAL = 0.1

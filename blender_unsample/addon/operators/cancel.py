@@ -1,6 +1,6 @@
 import bpy
 
-from ..runner import RUNNER
+from ..jobs.runner import RUNNER
 
 
 class SEQUENCER_OT_unsample_cancel(bpy.types.Operator):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import bpy
 
-from .. import cluster
 from .. import prefs as looked_up
+from ..worker import cluster
 
 
 def current_choice() -> tuple[cluster.ClusterChoice | None, str | None]:

@@ -1,9 +1,9 @@
 import bpy
 
-from ..panel import forget_cache_reading, size_text
-from ..paths import clear_cache
+from ..jobs.paths import clear_cache
+from ..jobs.runner import RUNNER
 from ..prefs import latent_cache_folder
-from ..runner import RUNNER
+from ..ui.panel import forget_cache_reading, size_text
 
 
 class SEQUENCER_OT_unsample_clear_cache(bpy.types.Operator):

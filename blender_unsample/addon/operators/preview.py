@@ -1,6 +1,6 @@
 import bpy
 
-from ..runner import RUNNER, strip_problem
+from ..jobs.runner import RUNNER, strip_problem
 from .batch import BatchOperator
 
 

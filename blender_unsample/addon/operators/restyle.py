@@ -1,7 +1,7 @@
 import bpy
 
-from ..runner import strip_problem
-from ..strips import strips_to_restyle
+from ..jobs.runner import strip_problem
+from ..jobs.strips import strips_to_restyle
 from .batch import BatchOperator
 
 

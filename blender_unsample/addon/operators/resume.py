@@ -1,6 +1,6 @@
 import bpy
 
-from ..runner import RUNNER
+from ..jobs.runner import RUNNER
 from .batch import BatchOperator
 
 

@@ -1,6 +1,6 @@
 import bpy
 
-from .. import worker_setup
+from ..worker import environment
 
 
 class SEQUENCER_OT_unsample_setup_cancel(bpy.types.Operator):
@@ -12,12 +12,12 @@ class SEQUENCER_OT_unsample_setup_cancel(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if worker_setup.running() is None:
+        if environment.running() is None:
             cls.poll_message_set("The worker is not being set up")
             return False
         return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        worker_setup.cancel_running(wait=0.0)  # the modal operator notices the end and says so
+        environment.cancel_running(wait=0.0)  # the modal operator notices the end and says so
         self.report({"INFO"}, "Cancelling the worker set-up")
         return {"FINISHED"}

@@ -2,7 +2,7 @@
 
 Interactively the install runs under a modal operator woken by a timer, so Blender stays usable;
 from scripts and in background mode ``execute`` blocks until it is over. The work itself
-(:mod:`..worker_setup`) runs on a thread and in subprocesses; this module only starts it, moves its
+(:mod:`..worker.environment`) runs on a thread and in subprocesses; this module only starts it, moves its
 state into ``window_manager.unsample.setup`` for the panel, and sets the preference at the end.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import bpy
 
 from .. import prefs as looked_up
-from .. import worker_setup
-from ..cluster import forget_cluster_reports
 from ..prefs import ADDON_ID
-from ..worker import forget_worker_reports
+from ..worker import environment
+from ..worker.cluster import forget_cluster_reports
+from ..worker.process import forget_worker_reports
 
 TIMER_INTERVAL = 0.2
 
@@ -46,11 +46,11 @@ def with_cluster() -> bool:
 def setup_problem() -> str | None:
     prefs = looked_up.preferences()
     downloads = bool(prefs and prefs.allow_downloads)
-    running = worker_setup.running() is not None
-    return worker_setup.setup_problem(package_index(), looked_up.online_access(), downloads, running)
+    running = environment.running() is not None
+    return environment.setup_problem(package_index(), looked_up.online_access(), downloads, running)
 
 
-def show(context: bpy.types.Context, job: worker_setup.SetupJob) -> None:
+def show(context: bpy.types.Context, job: environment.SetupJob) -> None:
     """Move the job's state into the window manager, where the panel and the preferences draw it."""
     state = context.window_manager.unsample.setup
     state.progress = job.fraction()
@@ -87,10 +87,10 @@ class SEQUENCER_OT_unsample_setup_worker(bpy.types.Operator):
             cls.poll_message_set(problem)
         return problem is None
 
-    def start(self, context: bpy.types.Context) -> worker_setup.SetupJob | None:
+    def start(self, context: bpy.types.Context) -> environment.SetupJob | None:
         try:
             # The environment Worker Python runs from now is left alone: the new one is built beside it.
-            job = worker_setup.start(
+            job = environment.start(
                 self.python or sys.executable,
                 setup_root(),
                 package_index(),
@@ -120,7 +120,7 @@ class SEQUENCER_OT_unsample_setup_worker(bpy.types.Operator):
     def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        job = worker_setup.latest()
+        job = environment.latest()
         show(context, job)
         if not job.done:
             return {"PASS_THROUGH"}
@@ -129,7 +129,7 @@ class SEQUENCER_OT_unsample_setup_worker(bpy.types.Operator):
 
     def cancel(self, context: bpy.types.Context) -> None:
         # Blender is quitting (or its window closes) while the set-up runs: no uv is left behind.
-        worker_setup.cancel_running()
+        environment.cancel_running()
         if self._timer is not None:
             context.window_manager.event_timer_remove(self._timer)
 
@@ -145,7 +145,7 @@ class SEQUENCER_OT_unsample_setup_worker(bpy.types.Operator):
                 print(f"Unsample: setting up the worker, {job.fraction():.0%} {job.stage()}", flush=True)
         return self.finish(context, job)
 
-    def finish(self, context: bpy.types.Context, job: worker_setup.SetupJob) -> set[str]:
+    def finish(self, context: bpy.types.Context, job: environment.SetupJob) -> set[str]:
         show(context, job)
         if job.outcome != "ok":
             self.report({"WARNING"} if job.outcome == "cancelled" else {"ERROR"}, job.message)

@@ -24,7 +24,7 @@ from ..method.context_windows import ContextWindowDenoiser, WindowEvaluator, con
 from ..method.denoisers import Conditioning, Guidance, UNetDenoiser
 from ..method.schedules import get_sigmas
 from ..method.unsampling import resample, unsample
-from ..models import Components, load_components
+from ..models import Components, families, load_components
 from ..protocol import REFINABLE_SAMPLERS, Done, ErrorCode, Event, FrameWritten, JobSpec, Progress, WarningEvent
 from .controlnet import make_hints
 from .denoiser import build_denoiser
@@ -249,7 +249,12 @@ class RestyleRun:
         with self.residency.phase(components.vae if noise is None else None):
             latents = self._read_frames(hints, encode=noise is None)
         unet, denoiser = build_denoiser(components, spec, hints)
-        sigmas = get_sigmas(spec.scheduler, spec.steps, training_sigmas=denoiser.sigmas, family=spec.family)
+        sigmas = get_sigmas(
+            spec.scheduler,
+            spec.steps,
+            training_sigmas=denoiser.sigmas,
+            ays_sigmas=families.family(spec.family).ays_sigmas,
+        )
         with self.residency.phase(*self._sampling_models()):
             if noise is None:
                 unet.enabled = components.controlnet is not None and spec.control_in_unsample

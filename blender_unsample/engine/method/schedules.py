@@ -6,6 +6,7 @@ Python floats, so a schedule never causes a host/device sync.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -13,16 +14,6 @@ import numpy as np
 import torch
 
 from ..protocol import SCHEDULERS
-
-# Align Your Steps, 10-step lists published by NVIDIA (Sabour et al., 2024).
-# fmt: off
-AYS_SIGMAS: dict[str, tuple[float, ...]] = {
-    "sd15": (14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092,
-             0.9642583904, 0.6523686016, 0.3977456272, 0.1515232662, 0.0291671582),
-    "sdxl": (14.6146412293, 6.3184485287, 3.7681790315, 2.1811480769, 1.3405244945, 0.8620721141,
-             0.5550693289, 0.3798540708, 0.2332364134, 0.1114188177, 0.0291671582),
-}
-# fmt: on
 
 # The first sigma of a flipped schedule: unsampling cannot start at exactly 0, where the
 # denoiser's "noise" direction (x - denoised) / sigma is undefined.
@@ -38,13 +29,14 @@ def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def ays(steps: int, family: str = "sd15") -> torch.Tensor:
-    """Align Your Steps: the published 10-step list, log-linearly resampled to any step count."""
+def ays(steps: int, published: Sequence[float]) -> torch.Tensor:
+    """Align Your Steps (Sabour et al., 2024): a family's published 10-step list (its module's
+    ``ays_sigmas``), log-linearly resampled to any step count."""
     _check_steps(steps)
-    if family not in AYS_SIGMAS:
-        raise ValueError(f"no Align Your Steps list for model family {family!r}; use one of {sorted(AYS_SIGMAS)}")
+    if len(published) < 2 or any(later >= earlier for earlier, later in itertools.pairwise(published)):
+        raise ValueError(f"an Align Your Steps list must fall from one sigma to another, got {published!r}")
     # At 10 steps the interpolation lands on the published values themselves.
-    sigmas = _loglinear_resample(torch.tensor(AYS_SIGMAS[family], dtype=torch.float64), steps + 1)
+    sigmas = _loglinear_resample(torch.tensor(published, dtype=torch.float64), steps + 1)
     sigmas[-1] = 0.0
     return sigmas
 
@@ -91,12 +83,13 @@ def get_sigmas(
     steps: int,
     *,
     training_sigmas: torch.Tensor,
-    family: str = "sd15",
+    ays_sigmas: Sequence[float] = (),
 ) -> torch.Tensor:
-    """The named schedule for a model whose training sigmas are given."""
+    """The named schedule for a model whose training sigmas are given; "ays" needs the family's
+    published list."""
     sigma_min, sigma_max = float(training_sigmas.min()), float(training_sigmas.max())
     if scheduler == "ays":
-        return ays(steps, family)
+        return ays(steps, ays_sigmas)
     if scheduler == "karras":
         return karras(steps, sigma_min, sigma_max)
     if scheduler == "exponential":

@@ -13,8 +13,9 @@ from safetensors import SafetensorError
 
 from ..errors import UnsampleError, first_line
 from ..protocol import HUB_ID, ErrorCode, JobSpec
-from . import families, hotshot, single_file
+from . import families, hotshot, single_file, weights_file
 from .add_embedding import copy_add_embedding
+from .families import detect
 from .lora import apply_loras
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class _Loader:
         """(tokenizers, text encoders, UNet2DConditionModel, scheduler, the file's own VAE or None)."""
         spec = self.spec
         if single_file.is_single_file(spec.model):
-            families.check_family(spec.family, spec.model, single_file.checkpoint_family(spec.model))
+            families.check_family(spec.family, spec.model, detect.checkpoint_file_family(spec.model))
             loaded = single_file.load_checkpoint(
                 spec.model, spec.config or None, allow_download=spec.allow_download, dtype=self.dtype,
                 vae_dtype=torch.float32,  # its precision is decided in vae(), from its config
@@ -138,7 +139,7 @@ class _Loader:
         from transformers import CLIPTokenizer
 
         unet_config = self._config(UNet2DConditionModel, spec.model, "unet", "checkpoint")
-        families.check_family(spec.family, spec.model, families.unet_family(unet_config))
+        families.check_family(spec.family, spec.model, detect.unet_family(unet_config))
         layout = families.family(spec.family)
         tokenizers = [self._load(CLIPTokenizer, spec.model, name, "checkpoint") for name in layout.tokenizers]
         encoders = [
@@ -194,7 +195,7 @@ class _Loader:
 
         spec = self.spec
         if single_file.is_single_file(spec.motion_adapter):
-            state = single_file.read_state_dict(spec.motion_adapter, "motion module")
+            state = weights_file.read_state_dict(spec.motion_adapter, "motion module")
             if hotshot.is_hotshot_state_dict(state):
                 return {key: value.to(self.dtype) for key, value in state.items()}
             del state
@@ -327,10 +328,10 @@ def _check_weights(folder: Path | None, subfolder: str | None, role: str) -> Non
     where = folder / subfolder if subfolder else folder
     safetensors = sorted(where.glob("*.safetensors"))
     for file in safetensors:
-        single_file.check_readable(file, f"{role} weights")
+        weights_file.check_readable(file, f"{role} weights")
     if not safetensors:  # an older folder, in PyTorch's format: read now only because loading failed
         for file in sorted(where.glob("*pytorch_model*.bin")):  # the names diffusers/transformers load
-            single_file.read_state_dict(file, f"{role} weights")
+            weights_file.read_state_dict(file, f"{role} weights")
 
 
 def _cached_folder(repo: str) -> Path | None:

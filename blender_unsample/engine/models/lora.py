@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import re
 import warnings
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -37,14 +36,11 @@ import torch
 from torch import nn
 
 from ..errors import UnsampleError
-from ..protocol import FAMILY_NAMES as PROTOCOL_FAMILY_NAMES
 from ..protocol import ErrorCode
-from .single_file import inaccessible
+from .families import detect
+from .weights_file import inaccessible
 
 log = logging.getLogger(__name__)
-
-# The families a LoRA can be of: ours, and SD 2.x, told apart only to be refused by name.
-FAMILY_NAMES = {**PROTOCOL_FAMILY_NAMES, "sd2": "SD 2.x"}
 
 # How a file names the two halves of an update and its alpha; anything else is left out.
 _ROLES = {
@@ -86,9 +82,6 @@ _SGM_INNER = {
     "downsampler": {"conv": "op"},
     "upsampler": {"conv": "conv"},
 }
-# The cross-attention width (attn2's key/value input) and text encoder width of each family.
-_CONTEXT_WIDTHS = {768: {"sd15"}, 1024: {"sd2"}, 2048: {"sdxl"}}
-_TEXT_WIDTHS = {768: {"sd15", "sdxl"}, 1024: {"sd2"}}
 _LISTED = 5  # module names quoted in a warning
 
 
@@ -98,7 +91,7 @@ class AppliedLora:
 
     path: Path
     weight: float
-    family: str | None  # what its names and shapes say ("sd15", "sd2", "sdxl"); None if they don't tell
+    family: str | None  # what its names and shapes say (a key of detect.SIGNATURES); None if they don't tell
     matched: dict[str, str]  # e.g. "lora_unet_input_blocks_4_1_proj_in" -> "unet.down_blocks.1.attentions.0.proj_in"
     left_out: dict[str, str]  # the file's module or key name -> why it was not merged
 
@@ -129,7 +122,7 @@ class _Update:
 class _Checkpoint:
     """The models a LoRA goes into, as messages name them."""
 
-    family: str  # "sd15", "sd2" or "sdxl"
+    family: str  # a key of detect.SIGNATURES: SD 2.x is told apart too, to be refused by name
     path: str = ""
 
     @property
@@ -137,7 +130,7 @@ class _Checkpoint:
         return f"the checkpoint {self.path}" if self.path else "the checkpoint"
 
     def __str__(self) -> str:
-        return f"{self.name} ({FAMILY_NAMES[self.family]})"
+        return f"{self.name} ({detect.label(self.family)})"
 
 
 @dataclass
@@ -168,7 +161,7 @@ def apply_loras(
     Modules the model lacks are reported in ``warnings``, unless none fit.
     """
     # 1. Read and check every file before touching any model.
-    model = _Checkpoint(checkpoint_family(unet, text_encoder_2), checkpoint)
+    model = _Checkpoint(detect.unet_family(unet.config), checkpoint)
     modules, aliases = _targets(unet, text_encoder, text_encoder_2)
     plans = []
     for path, weight in loras:
@@ -190,14 +183,6 @@ def apply_loras(
             "LoRA %s (weight %g): merged %d modules", plan.applied.path, plan.applied.weight, len(plan.applied.matched)
         )
     return report
-
-
-def checkpoint_family(unet: nn.Module, text_encoder_2: nn.Module | None = None) -> str:
-    """The checkpoint's family ("sdxl", "sd2" or "sd15") from its loaded models, tiny ones included."""
-    config = unet.config
-    if text_encoder_2 is not None or getattr(config, "addition_embed_type", None) == "text_time":
-        return "sdxl"
-    return "sd2" if getattr(config, "cross_attention_dim", None) == 1024 else "sd15"
 
 
 # --- reading ------------------------------------------------------------------------------------------
@@ -344,42 +329,22 @@ def _adapter_metadata(header: dict[str, str], targets: Collection[str]) -> dict[
 
 def _check_family(path: Path, updates: list[_Update], checkpoint: _Checkpoint) -> str | None:
     """The LoRA's family where its names and shapes tell it; MODEL_MISMATCH if it is another one."""
-    families = set(FAMILY_NAMES)
+    every = set(detect.SIGNATURES)
+    families = set(every)
     for update in updates:
-        families &= _family_hint(update)
-    if not families or families == set(FAMILY_NAMES):
+        width = update.down.shape[1] if update.down is not None and update.down.dim() >= 2 else None
+        families &= detect.lora_families(update.name, _component(update.name), width)
+    if not families or families == every:
         return None  # silent or contradicting hints: the shape check against the model decides
     if checkpoint.family in families:
         return checkpoint.family
-    named = " or ".join(FAMILY_NAMES[f] for f in sorted(families))
-    own = FAMILY_NAMES[checkpoint.family]
+    named = " or ".join(detect.label(f) for f in sorted(families))
+    own = detect.label(checkpoint.family)
     raise UnsampleError(
         ErrorCode.MODEL_MISMATCH,
         f"the LoRA {path} is for {named}, but {checkpoint.name} is {own}: "
         f"pick a LoRA made for {own}, or a checkpoint of the LoRA's family",
     )
-
-
-def _family_hint(update: _Update) -> set[str]:
-    """The families one update allows, from its name and, for the telling layers, its width."""
-    name = update.name
-    allowed = set(FAMILY_NAMES)
-    if name.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")):
-        allowed &= {"sdxl"}  # only SDXL has two text encoders
-    elif name.startswith("lora_te_"):
-        allowed &= {"sd15", "sd2"}  # kohya names SDXL's encoders te1/te2
-    if re.search(r"add_embedding|label_emb", name):
-        allowed &= {"sdxl"}  # pooled-text and size conditioning
-    if re.search(r"transformer_blocks[._][1-9]", name):
-        allowed &= {"sdxl"}  # SD 1.x/2.x have one transformer layer per attention block
-    if re.search(r"down_blocks[._]0[._]attentions|input_blocks[._][12][._]1[._]", name):
-        allowed &= {"sd15", "sd2"}  # SDXL has no attention at the first level
-    width = update.down.shape[1] if update.down is not None and update.down.dim() >= 2 else None
-    if re.search(r"attn2[._]to_[kv]$", name) and width in _CONTEXT_WIDTHS:
-        allowed &= _CONTEXT_WIDTHS[width]
-    if _component(name) == "text_encoder" and re.search(r"self_attn[._]q_proj$", name) and width in _TEXT_WIDTHS:
-        allowed &= _TEXT_WIDTHS[width]
-    return allowed
 
 
 # --- the model's names ----------------------------------------------------------------------------------

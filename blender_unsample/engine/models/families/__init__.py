@@ -1,39 +1,21 @@
-"""The model families: one module each (sd15.py, sdxl.py), registered here; and the checks that a
-set of files is of one family (checks.py). Adding a family is its module, its tests and a line here."""
+"""The model families: one module each (sd15.py, sdxl.py, their behaviour as data), registered in
+registry.py; one detector that tells which family a folder, file or LoRA is (detect.py); and the
+checks that a set of files is of one family (checks.py). Adding a family is its module, its tests
+and a line in the registry."""
 
-from .checks import (
-    FAMILY_NAMES,
-    adapter_family,
-    check_controlnet,
-    check_family,
-    check_motion_adapter,
-    check_vae,
-    named,
-    unet_family,
-    vae_family,
-)
-from .family import Family
-from .sd15 import SD15
-from .sdxl import SDXL
-
-FAMILIES: dict[str, Family] = {family.name: family for family in (SD15, SDXL)}
-
-
-def family(name: str) -> Family:
-    return FAMILIES[name]
-
+from .checks import check_controlnet, check_family, check_motion_adapter, check_vae
+from .detect import label
+from .family import Family, Signature
+from .registry import FAMILIES, family
 
 __all__ = [
     "FAMILIES",
-    "FAMILY_NAMES",
     "Family",
-    "adapter_family",
+    "Signature",
     "check_controlnet",
     "check_family",
     "check_motion_adapter",
     "check_vae",
     "family",
-    "named",
-    "unet_family",
-    "vae_family",
+    "label",
 ]

@@ -3,11 +3,11 @@ the GPU's memory (a property of the machine, not of the scene)."""
 
 import bpy
 
-from .cluster import ADDRESS_PLACEHOLDER, forget_cluster_reports
-from .prefs import ADDON_ID, GPU_MEMORY_OPTIONS
-from .properties import spec_property
+from ..prefs import ADDON_ID, GPU_MEMORY_OPTIONS
+from ..properties import spec_property
+from ..worker.cluster import ADDRESS_PLACEHOLDER, forget_cluster_reports
+from ..worker.process import forget_worker_reports
 from .status import draw_cluster_state, draw_setup_gate, draw_setup_state
-from .worker import forget_worker_reports
 
 
 def _forget_reports() -> None:

@@ -8,10 +8,10 @@ import textwrap
 
 import bpy
 
-from . import cluster
-from . import prefs as looked_up
-from .operators.setup_worker import setup_problem
-from .prefs import cluster_token_file, preferences, worker_python
+from .. import prefs as looked_up
+from ..operators.setup_worker import setup_problem
+from ..prefs import cluster_token_file, preferences, worker_python
+from ..worker import cluster
 
 
 def format_eta(seconds: float) -> str:

@@ -7,16 +7,16 @@ from typing import Any
 
 import bpy
 
-from ..engine.protocol import MODEL_FILE_SUFFIXES, REFINABLE_SAMPLERS
-from . import cluster
-from .operators.batch import checkpoint_problem
-from .paths import cache_usage
-from .prefs import ADDON_ID, cluster_token_file, latent_cache_folder, preferences, worker_python
-from .properties import processing_size
-from .runner import RUNNER, strip_problem
+from ...engine.protocol import MODEL_FILE_SUFFIXES, REFINABLE_SAMPLERS
+from ..jobs.paths import cache_usage
+from ..jobs.runner import RUNNER, strip_problem
+from ..jobs.strips import strips_to_restyle
+from ..operators.batch import checkpoint_problem
+from ..prefs import ADDON_ID, cluster_token_file, latent_cache_folder, preferences, worker_python
+from ..properties import processing_size
+from ..worker import cluster
+from ..worker.process import worker_report
 from .status import draw_cluster_state, draw_setup_gate, draw_setup_state, format_eta, wrapped
-from .strips import strips_to_restyle
-from .worker import worker_report
 
 ACTIVE = {"EXPORTING", "RUNNING"}
 

@@ -9,7 +9,7 @@ import time
 import unicodedata
 from pathlib import Path
 
-from ..engine.protocol import cache_files
+from ...engine.protocol import cache_files
 
 
 def safe_name(name: str, limit: int = 40) -> str:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import bpy
 
-from ..engine.errors import disk_full_text
+from ...engine.errors import disk_full_text
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parents[2]
 FAILURE = "unsample-export-error: "  # how the export process names what went wrong, on its last line
 PARTIAL = ".partial-frame_*.png"  # a frame being written (see FrameExporter.step)
 # How the operating system says "disk full": Blender's own errors carry only the text.
@@ -57,11 +57,11 @@ def disk_full_message(path: str | Path | None) -> str:
 _BOOTSTRAP = """
 import sys, types
 args = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
-for part in ("", ".addon", ".engine"):
+for part in ("", ".addon", ".addon.jobs", ".engine"):
     package = types.ModuleType("unsample_export" + part)
     package.__path__ = [args[0] + part.replace(".", "/")]
     sys.modules[package.__name__] = package
-from unsample_export.addon.export_process import main
+from unsample_export.addon.jobs.export_process import main
 main(args[1])
 """
 
@@ -191,7 +191,7 @@ class ExportProcess:
 
 def main(job_file: str) -> None:
     """Open the written scene and render the strip's frames, each file whole; exit non-zero on failure."""
-    from .compat import top_level_strips
+    from ..compat import top_level_strips
     from .export import FrameExporter
 
     threading.Thread(target=_exit_when_blender_goes_away, daemon=True).start()

@@ -11,7 +11,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from .compat import scene_fcurves, set_file_format, top_level_strips, use_own_action
+from ..compat import scene_fcurves, set_file_format, top_level_strips, use_own_action
 
 EXPORT_SCENE_NAME = ".unsample-export"
 PNG_END = b"IEND\xaeB`\x82"  # the last chunk of every PNG file

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import bpy
 
-from .compat import all_strips, meta_members, top_level_strips
+from ..compat import all_strips, meta_members, top_level_strips
 from .fingerprint import fingerprint, media_files
 
 RESTYLABLE_TYPES = {"MOVIE", "IMAGE", "SCENE", "META"}
@@ -190,7 +190,7 @@ def add_result_strip(
     """An image strip of ``frames`` from frame ``start`` on the first free channel above
     ``source``, blending with the channels below as ``source`` does. The source strip is not
     touched."""
-    from .compat import copy_animation, remove_animation
+    from ..compat import copy_animation, remove_animation
 
     editor = scene.sequence_editor
     channel = free_channel_above(editor, source.channel, start, start + len(frames))

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import bpy
 
-from ..engine.protocol import Done, ErrorCode, ErrorEvent, FrameWritten, JobSpec, Progress, WarningEvent
-from . import prefs as looked_up
-from .cluster import cluster_arguments, cluster_choice, setup_hint
+from ...engine.protocol import Done, ErrorCode, ErrorEvent, FrameWritten, JobSpec, Progress, WarningEvent
+from .. import prefs as looked_up
+from ..prefs import GPU_MEMORY_OPTIONS, cache_root, cluster_token_file, latent_cache_folder, preferences, worker_python
+from ..properties import job_spec, processing_size
+from ..worker.cluster import cluster_arguments, cluster_choice, setup_hint
+from ..worker.process import Worker
 from .cluster_batch import ClusterBatch
 from .export_process import ExportProcess, JobError, failure_text
 from .paths import new_run_folder, strip_folder
-from .prefs import GPU_MEMORY_OPTIONS, cache_root, cluster_token_file, latent_cache_folder, preferences, worker_python
-from .properties import job_spec, processing_size
 from .strips import (
     StripRef,
     add_result_strip,
@@ -38,7 +39,6 @@ from .strips import (
     restylable_reason,
     select_only,
 )
-from .worker import Worker
 
 EVENTS_PER_TICK = 200
 CANCEL_GRACE = 10.0  # seconds a cancelled worker gets before it is killed

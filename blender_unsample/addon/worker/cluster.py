@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .worker import doctor_report, worker_command, worker_environment
+from .process import doctor_report, worker_command, worker_environment
 
 LOCAL = "auto"  # the worker's --cluster value for a Ray cluster of this machine's GPUs, started for the job
 CHECK_TIMEOUT = 120.0  # seconds: starting a local Ray on a slow machine, or a far cluster's answer

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .worker import PACKAGE_DIR, doctor_report, worker_command
+from .process import PACKAGE_DIR, doctor_report, worker_command
 
 UV_VERSION = "0.13.9"  # uv is installed into the new environment from the same index as the rest
 REQUIREMENTS = PACKAGE_DIR / "engine" / "requirements.txt"

@@ -13,9 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-from ..engine.protocol import ErrorCode, ErrorEvent, Event, event_from_json
+from ...engine.protocol import ErrorCode, ErrorEvent, Event, event_from_json
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # blender_unsample/, or the installed extension
+PACKAGE_DIR = Path(__file__).resolve().parents[2]  # blender_unsample/, or the installed extension
 
 # Imports the package from its folder under a fixed name, whatever the folder is called
 # ("blender_unsample" in a checkout, the extension id when installed), without putting the

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import bpy
 
-from .compat import STRIP_TYPE, meta_members, scene_fcurves
+from ..compat import STRIP_TYPE, meta_members, scene_fcurves
 
 # What a fingerprint leaves out: where the strip is (checked on its own), and what only the
 # timeline's UI shows. The export renders the strip unmuted wherever it sits, so those don't count.

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..engine.protocol import Done, ErrorCode, ErrorEvent, FrameWritten, Progress, WarningEvent
-from .worker import Worker
+from ...engine.protocol import Done, ErrorCode, ErrorEvent, FrameWritten, Progress, WarningEvent
+from ..worker.process import Worker
 
 # Errors about the batch as a whole rather than about one strip: the strips that never got an
 # outcome of their own share them.

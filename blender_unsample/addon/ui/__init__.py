@@ -1,0 +1,1 @@
+"""What the user sees: the sidebar panel, the Strip menu entries, the preferences and the status they share."""
