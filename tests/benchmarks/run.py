@@ -35,6 +35,7 @@ FIGURES = {
     11: "fig11_cluster",
     12: "fig12_installers",
     13: "fig13_equal_cost",
+    14: "fig14_flow",
 }
 
 

@@ -1,8 +1,9 @@
 """Turn a diffusion model into a k-diffusion style denoiser with classifier-free guidance.
 
 Two parts, kept apart: the *parameterisation* says what the model predicts and how that becomes the
-denoised sample (epsilon, v, or a flow-matching velocity), the *model call* (UNetDenoiser today, with
-its prompts, timesteps and batching) runs the network. The samplers see only ``denoised``.
+denoised sample (epsilon, v, or a flow-matching velocity), the *model call* (UNetDenoiser for SD 1.5
+and SDXL, FlowTransformerDenoiser for Wan; both share GuidedDenoiser's guidance and batching) runs the
+network. The samplers see only ``denoised``.
 """
 
 from __future__ import annotations
@@ -96,11 +97,69 @@ def training_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
 
 
-class UNetDenoiser:
+class GuidedDenoiser:
+    """What every model call shares: classifier-free guidance with cond and uncond in one batch, the
+    prompt states batched once per pass, the model's dtype for its input only (the sampler's x stays
+    float32), and a count of model calls. Subclasses say how the network is called."""
+
+    def __init__(self, model: Any, parameterisation: Parameterisation) -> None:
+        self.model = model
+        # diffusers computes a model's dtype by walking its modules: read it once, not per call.
+        self.dtype = model.dtype
+        self.parameterisation = parameterisation
+        self.calls = 0  # forward passes made (a CFG batch of two counts as one)
+        # The prompt states batched for the model, kept while the same guidance and batch shape
+        # come back: every step and window of a pass would otherwise copy them anew.
+        self._batched: tuple[tuple[Any, ...], torch.Tensor, dict[str, torch.Tensor] | None] | None = None
+
+    def _forward(
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        embeds: torch.Tensor,
+        added: dict[str, torch.Tensor] | None,
+        kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _timestep(self, sigma: float, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _denoise(
+        self, x: torch.Tensor, sigma: float, guidance: Guidance, prompts_per_part: int, kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        batch = x.shape[0]
+        parts = [guidance.cond]
+        if guidance.uses_uncond and guidance.uncond is not None:
+            parts.insert(0, guidance.uncond)
+        model_input = self.parameterisation.model_input(x, sigma).to(self.dtype)
+        if len(parts) == 2:
+            model_input = torch.cat([model_input, model_input])
+        embeds, added = self._conditioning(guidance, parts, prompts_per_part, batch, model_input.device)
+        output = self._forward(model_input, self._timestep(sigma, model_input.device), embeds, added, kwargs)
+        self.calls += 1
+
+        denoised = self.parameterisation.denoised(x, sigma, output.to(x.dtype).reshape(len(parts), *x.shape))
+        if len(parts) == 1:
+            return denoised[0]
+        uncond, cond = denoised.unbind(0)
+        # Guidance on denoised equals guidance on the model's output: denoised is affine in it.
+        return torch.lerp(uncond, cond, guidance.scale)
+
+    def _conditioning(
+        self, guidance: Guidance, parts: list[Conditioning], prompts_per_part: int, batch: int, device: torch.device
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        key = (guidance, len(parts), prompts_per_part, batch, device)
+        if self._batched is None or not _same_key(self._batched[0], key):
+            embeds = torch.cat([p.embeds.expand(prompts_per_part, -1, -1) for p in parts]).to(device, self.dtype)
+            self._batched = (key, embeds, _batched_added_conditioning(parts, batch, device, self.dtype))
+        return self._batched[1], self._batched[2]
+
+
+class UNetDenoiser(GuidedDenoiser):
     """``denoised = self(x, sigma, guidance=...)`` over an eps- or v-predicting diffusers UNet.
 
-    Works for image UNets (x is B, C, H, W) and motion UNets (x is B, C, F, H, W). The sampler's
-    x stays in its own dtype (float32); only the UNet input is cast to the UNet's dtype.
+    Works for image UNets (x is B, C, H, W) and motion UNets (x is B, C, F, H, W).
     """
 
     def __init__(
@@ -112,19 +171,16 @@ class UNetDenoiser:
     ) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction type {prediction_type!r}; use one of {PREDICTION_TYPES}")
-        self.unet = unet
-        # diffusers computes a model's dtype by walking its modules: read it once, not per call.
-        self.dtype = unet.dtype
+        super().__init__(unet, PARAMETERISATIONS[prediction_type])
         # An image UNet given video (B, C, F, H, W) denoises each frame on its own, as a batch.
         self.frames_in_batch = frames_in_batch
         self.prediction_type = prediction_type
-        self.parameterisation = PARAMETERISATIONS[prediction_type]
         self.sigmas = training_sigmas(alphas_cumprod)
         self._log_sigmas = np.log(self.sigmas.numpy())
-        self.calls = 0  # UNet forward passes made (a CFG batch of two counts as one)
-        # The prompt states batched for the UNet, kept while the same guidance and batch shape
-        # come back: every step and window of a pass would otherwise copy them anew.
-        self._batched: tuple[tuple[Any, ...], torch.Tensor, dict[str, torch.Tensor] | None] | None = None
+
+    @property
+    def unet(self) -> Any:
+        return self.model
 
     @classmethod
     def from_scheduler(cls, unet: Any, scheduler: Any, frames_in_batch: bool = False) -> UNetDenoiser:
@@ -153,43 +209,59 @@ class UNetDenoiser:
         prompts_per_part = x.shape[0] * x.shape[2] if x.ndim == 5 else x.shape[0]
         return self._denoise(x, sigma, guidance, prompts_per_part, unet_kwargs)
 
-    def _denoise(
-        self, x: torch.Tensor, sigma: float, guidance: Guidance, prompts_per_part: int, unet_kwargs: dict[str, Any]
+    def _timestep(self, sigma: float, device: torch.device) -> torch.Tensor:
+        return torch.tensor(self.sigma_to_timestep(sigma), dtype=torch.float32, device=device)
+
+    def _forward(
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        embeds: torch.Tensor,
+        added: dict[str, torch.Tensor] | None,
+        kwargs: dict[str, Any],
     ) -> torch.Tensor:
-        batch = x.shape[0]
-        parts = [guidance.cond]
-        if guidance.uses_uncond and guidance.uncond is not None:
-            parts.insert(0, guidance.uncond)
-        model_input = self.parameterisation.model_input(x, sigma).to(self.dtype)
-        if len(parts) == 2:
-            model_input = torch.cat([model_input, model_input])
-        embeds, added = self._conditioning(guidance, parts, prompts_per_part, batch, model_input.device)
-        timestep = torch.tensor(self.sigma_to_timestep(sigma), dtype=torch.float32, device=model_input.device)
+        return self.model(
+            model_input, timestep, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **kwargs
+        )[0]
 
-        output = self.unet(
-            model_input,
-            timestep,
+
+class FlowTransformerDenoiser(GuidedDenoiser):
+    """``denoised = self(x, sigma, guidance=...)`` over a flow-matching video transformer (diffusers'
+    ``WanTransformer3DModel``): x is (B, C, F, H, W) latents, sigma in [0, 1], and the model is
+    given x as it is at timestep ``num_train_timesteps * sigma``, as diffusers' flow-matching
+    schedulers give it. The prompt is attended to once per clip, not per frame."""
+
+    sigma_min = 0.0
+    sigma_max = 1.0
+
+    def __init__(self, transformer: Any, num_train_timesteps: int = 1000) -> None:
+        super().__init__(transformer, PARAMETERISATIONS["flow"])
+        self.num_train_timesteps = num_train_timesteps
+
+    def __call__(
+        self, x: torch.Tensor, sigma: float, guidance: Guidance, frames: Any = None, **kwargs: Any
+    ) -> torch.Tensor:
+        # ``frames`` (a context window's indices) matters only to per-frame control, not to this call.
+        return self._denoise(x, sigma, guidance, x.shape[0], kwargs)
+
+    def _timestep(self, sigma: float, device: torch.device) -> torch.Tensor:
+        return torch.tensor([self.num_train_timesteps * sigma], dtype=torch.float32, device=device)
+
+    def _forward(
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        embeds: torch.Tensor,
+        added: dict[str, torch.Tensor] | None,
+        kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        return self.model(
+            hidden_states=model_input,
+            timestep=timestep.expand(model_input.shape[0]),
             encoder_hidden_states=embeds,
-            added_cond_kwargs=added,
             return_dict=False,
-            **unet_kwargs,
-        )[0].to(x.dtype)
-        self.calls += 1
-
-        denoised = self.parameterisation.denoised(x, sigma, output.reshape(len(parts), *x.shape))
-        if len(parts) == 1:
-            return denoised[0]
-        uncond, cond = denoised.unbind(0)
-        return torch.lerp(uncond, cond, guidance.scale)
-
-    def _conditioning(
-        self, guidance: Guidance, parts: list[Conditioning], prompts_per_part: int, batch: int, device: torch.device
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        key = (guidance, len(parts), prompts_per_part, batch, device)
-        if self._batched is None or not _same_key(self._batched[0], key):
-            embeds = torch.cat([p.embeds.expand(prompts_per_part, -1, -1) for p in parts]).to(device, self.dtype)
-            self._batched = (key, embeds, _batched_added_conditioning(parts, batch, device, self.dtype))
-        return self._batched[1], self._batched[2]
+            **kwargs,
+        )[0]
 
 
 def _same_key(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

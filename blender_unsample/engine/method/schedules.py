@@ -41,6 +41,17 @@ def ays(steps: int, published: Sequence[float]) -> torch.Tensor:
     return sigmas
 
 
+def flow(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """A flow-matching model's schedule (sigma in [0, 1], 1 is pure noise): evenly spaced from 1 to
+    0, then moved toward the noise end by ``shift * sigma / (1 + (shift - 1) * sigma)``, as Wan and
+    SD 3 are sampled (Wan 2.1: shift 3 at 480p, 5 at 720p). Starts at 1, ends at 0."""
+    _check_steps(steps)
+    if not (isinstance(shift, int | float) and math.isfinite(shift) and shift > 0):
+        raise ValueError(f"the flow shift must be a positive number, got {shift!r}")
+    sigmas = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
 def _loglinear_resample(sigmas: torch.Tensor, count: int) -> torch.Tensor:
     """Interpolate log(sigma) linearly over [0, 1] at ``count`` evenly spaced points."""
     known_at = np.linspace(0.0, 1.0, len(sigmas))

@@ -1,0 +1,150 @@
+"""The method on flow-matching models (Wan): the shifted schedule, Euler as diffusers' flow-matching
+scheduler steps, and the round trip on an exact flow video model."""
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from flow_video import FlowVideo
+from gaussian_video import GaussianVideo
+
+from blender_unsample.engine.method import schedules
+from blender_unsample.engine.method.denoisers import PARAMETERISATIONS
+from blender_unsample.engine.method.samplers import sample_euler
+from blender_unsample.engine.method.unsampling import resample, unsample
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 5.0])
+@pytest.mark.parametrize("steps", [1, 4, 30])
+def test_the_flow_schedule_is_diffusers_shifted_schedule(shift, steps):
+    ours = schedules.flow(steps, shift)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(sigmas=torch.linspace(1.0, 0.0, steps + 1)[:-1].tolist())
+    assert len(ours) == steps + 1 and ours[0] == 1.0 and ours[-1] == 0.0
+    torch.testing.assert_close(ours.float(), scheduler.sigmas, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ours[:-1].float() * 1000, scheduler.timesteps, rtol=1e-6, atol=1e-4)
+
+
+def test_a_larger_shift_spends_more_steps_near_the_noise():
+    assert (schedules.flow(10, 5.0)[1:-1] > schedules.flow(10, 3.0)[1:-1]).all()
+    with pytest.raises(ValueError, match="shift"):
+        schedules.flow(10, 0.0)
+
+
+def test_euler_with_a_velocity_model_steps_as_diffusers_flow_scheduler():
+    torch.manual_seed(0)
+    weight = torch.randn(4, 4) / 4
+
+    def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:  # any smooth model will do
+        return torch.einsum("ij,bj...->bi...", weight, x) * (1 + sigma) + torch.sin(x)
+
+    flow = PARAMETERISATIONS["flow"]
+
+    def denoiser(x, sigma, **_):
+        return flow.denoised(x, sigma, velocity(flow.model_input(x, sigma), sigma))
+
+    noise = torch.randn(2, 4, 3, 5, 5)
+    sigmas = schedules.flow(12, 3.0)
+    ours = sample_euler(denoiser, noise.clone(), sigmas)
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(sigmas=torch.linspace(1.0, 0.0, 13)[:-1].tolist())
+    theirs = noise.clone()
+    for t, sigma in zip(scheduler.timesteps, scheduler.sigmas[:-1], strict=True):
+        theirs = scheduler.step(velocity(theirs, float(sigma)), t, theirs).prev_sample
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def round_trip_error(model, clips, steps: int, refine: int) -> float:
+    sigmas = schedules.flow(steps, 3.0)
+    noise = unsample(model, clips, sigmas, refine=refine)
+    back = resample(model, noise, sigmas)
+    return float((back - clips).pow(2).mean().sqrt())
+
+
+def test_unsampling_an_exact_flow_model_comes_back_and_refinement_closes_the_gap():
+    model = FlowVideo(GaussianVideo(8, 3.0, channels=2, size=4))
+    clips = model.sample(4, seed=5)
+    errors = {(n, r): round_trip_error(model, clips, n, r) for n in (8, 16) for r in (0, 1, 2)}
+    spread = float(clips.std())
+    for steps in (8, 16):
+        assert errors[(steps, 0)] < 0.5 * spread, errors
+        assert errors[(steps, 1)] < 0.5 * errors[(steps, 0)], errors  # one refinement at least halves it
+        assert errors[(steps, 2)] <= errors[(steps, 1)] * 1.01, errors
+    assert errors[(16, 0)] < errors[(8, 0)], errors
+
+
+def test_the_unsampled_noise_of_an_exact_flow_model_approaches_the_noise_s_spread():
+    # The flow ODE carries the data to N(0, I) exactly; Euler's steps get there as they shrink. This
+    # Gaussian's weakest directions (variance ~0.01) make the ODE stiff near sigma 0, so it takes many.
+    model = FlowVideo(GaussianVideo(8, 3.0, channels=2, size=4))
+    clips = model.sample(64, seed=6)
+    gaps = [abs(float(unsample(model, clips, schedules.flow(steps), refine=2).std()) - 1) for steps in (32, 128, 512)]
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.02, gaps
+    noise = unsample(model, clips, schedules.flow(128), refine=2)
+    # ... and is not the clip: at sigma 1 the sample is all noise.
+    assert float(torch.nn.functional.cosine_similarity(noise.flatten(), clips.flatten(), dim=0)) < 0.9
+
+
+# --- the model call: diffusers' Wan transformer ------------------------------------------------------
+
+
+def tiny_wan_transformer():
+    """Wan 2.1's transformer with the real class, tiny: 2 layers, 2 heads of 12, 16 latent channels."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ).eval()
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.5])
+def test_resampling_a_wan_transformer_matches_diffusers_wan_pipeline(scale):
+    from diffusers import WanPipeline
+
+    from blender_unsample.engine.method.denoisers import Conditioning, FlowTransformerDenoiser, Guidance
+
+    transformer = tiny_wan_transformer()
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(1, 16, 3, 8, 8, generator=generator)  # 3 latent frames: a 9-frame, 64 px clip
+    prompt, negative = torch.randn(2, 1, 10, 32, generator=generator).unbind(0)
+    steps, shift = 6, 3.0
+    sigmas = schedules.flow(steps, shift)
+
+    guidance = Guidance(Conditioning(prompt), Conditioning(negative), scale)
+    denoiser = FlowTransformerDenoiser(transformer)
+    with torch.no_grad():
+        ours = resample(denoiser, noise.clone(), sigmas, extra_args={"guidance": guidance})
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    set_timesteps = scheduler.set_timesteps
+    evenly = torch.linspace(1.0, 0.0, steps + 1)[:-1].tolist()  # shifted by the scheduler as schedules.flow does
+    scheduler.set_timesteps = lambda steps, device=None, **_: set_timesteps(device=device, sigmas=evenly)
+    pipeline = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer)
+    pipeline.set_progress_bar_config(disable=True)
+    theirs = pipeline(
+        prompt_embeds=prompt,
+        negative_prompt_embeds=negative,
+        latents=noise.clone(),
+        num_frames=9,
+        height=64,
+        width=64,
+        num_inference_steps=steps,
+        guidance_scale=scale,
+        output_type="latent",
+    ).frames
+
+    assert denoiser.calls == steps  # cond and uncond in one batch: one call a step
+    assert float((ours - noise).abs().max()) > 0.1, "the transformer did nothing: the check would be empty"
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
