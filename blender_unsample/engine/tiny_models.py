@@ -6,7 +6,8 @@ download. Their pictures are noise: the weights are untrained.
 
 Shapes keep what tells the families apart: an SD 1.5 UNet has two levels here and a plain
 prompt; an SDXL UNet three levels, two text encoders and pooled/size conditioning (``text_time``).
-A 4-level VAE keeps the real 8x pixel-to-latent ratio.
+A 4-level VAE keeps the real 8x pixel-to-latent ratio. Wan 2.1's folder (``build_tiny_wan``) has its
+transformer, its causal video VAE (8x in space, 4x in time) and a UMT5 text encoder.
 """
 
 from __future__ import annotations
@@ -219,3 +220,100 @@ def _write_model_index(folder: Path, sdxl: bool) -> None:
     else:
         index |= {"safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
+# --- Wan 2.1 (flow matching): a text-to-video transformer, its causal video VAE and UMT5 -------------
+
+WAN_TEXT_DIM = 32
+WAN_LATENT_CHANNELS = 16
+
+
+def build_tiny_wan(root: Path | str, seed: int = 0) -> Path:
+    """Build (or reuse) a tiny Wan 2.1 text-to-video folder under ``root``, laid out like
+    Wan-AI/Wan2.1-T2V-1.3B-Diffusers (diffusers' WanPipeline loads it as it is); returns the folder.
+    The VAE keeps Wan's 8x in space and 4x in time, the transformer its 2x2 patches."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    folder = Path(root) / "wan"
+    if (folder / "complete").exists():
+        return folder
+    torch.manual_seed(seed)
+    vocab_size = _write_unigram_tokenizer(folder / "tokenizer")
+    UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=vocab_size,
+            d_model=WAN_TEXT_DIM,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    ).save_pretrained(folder / "text_encoder")
+    WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=WAN_LATENT_CHANNELS,
+        out_channels=WAN_LATENT_CHANNELS,
+        text_dim=WAN_TEXT_DIM,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ).save_pretrained(folder / "transformer")
+    AutoencoderKLWan(
+        base_dim=3,
+        z_dim=WAN_LATENT_CHANNELS,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    ).save_pretrained(folder / "vae")
+    # The scheduler Wan's repos ship; Unsample samples with its own (schedules.flow).
+    UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+    ).save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "WanPipeline",
+        "tokenizer": ["transformers", "T5TokenizerFast"],
+        "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "transformer_2": [None, None],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+        "boundary_ratio": None,
+        "expand_timesteps": False,
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    (folder / "complete").write_text("tiny random-weight models; their output is noise\n")
+    return folder
+
+
+def _write_unigram_tokenizer(folder: Path) -> int:
+    """A SentencePiece-style unigram vocabulary of single characters (UMT5's kind, as tokenizer.json:
+    loading it needs neither sentencepiece nor a download), with T5's <pad>, </s> and <unk>."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(c, -3.0) for c in string.ascii_lowercase + string.digits + string.punctuation]
+    pieces += [("▁" + c, -2.5) for c in string.ascii_lowercase]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = T5TokenizerFast(
+        tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0
+    )
+    fast.save_pretrained(folder)
+    return len(pieces)

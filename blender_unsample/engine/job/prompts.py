@@ -1,7 +1,9 @@
-"""Prompts to the conditioning the UNet attends to: SD 1.5's one encoder, SDXL's two."""
+"""Prompts to the conditioning the model attends to: SD 1.5's one CLIP encoder, SDXL's two, Wan's UMT5."""
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -76,3 +78,28 @@ def _token_ids(tokenizer: Any, prompt: str, warn: Callable[[str], None] | None) 
         kept = tokenizer.decode(tokens.input_ids[0, 1:-1], skip_special_tokens=True)
         warn(f"prompt is {full_length} tokens, the text encoder takes {limit}: only {kept!r} is used")
     return tokens.input_ids
+
+
+def encode_t5_prompt(
+    tokenizer: Any,
+    text_encoder: Any,
+    prompt: str,
+    device: torch.device,
+    max_tokens: int = 512,
+    warn: Callable[[str], None] | None = None,
+) -> Conditioning:
+    """Wan's conditioning: UMT5's last hidden states for the prompt's own tokens, zeros for the
+    padding after them, ``max_tokens`` rows (Wan was trained on 512). The text is cleaned as
+    diffusers' Wan pipelines clean it (HTML entities, runs of white space)."""
+    text = re.sub(r"\s+", " ", html.unescape(html.unescape(prompt)).strip()).strip()
+    tokens = tokenizer(
+        text, padding="max_length", max_length=max_tokens, truncation=True, add_special_tokens=True,
+        return_attention_mask=True, return_tensors="pt",
+    )  # fmt: skip
+    full_length = len(tokenizer(text, truncation=False).input_ids)
+    if full_length > max_tokens and warn is not None:
+        warn(f"prompt is {full_length} tokens, the text encoder takes {max_tokens}: the rest is not used")
+    mask = tokens.attention_mask.to(device)
+    states = text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
+    # Positions after the prompt carry zeros, not the encoder's states for padding: as Wan was trained.
+    return Conditioning((states * mask.unsqueeze(-1).to(states.dtype)).to(torch.float32))
