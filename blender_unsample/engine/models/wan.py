@@ -1,0 +1,114 @@
+"""Wan 2.1 / 2.2 (flow-matching video transformers) from a diffusers folder or a Hub id: the UMT5
+text encoder and its tokenizer, the transformer (and Wan 2.2 A14B's second, low-noise expert with
+the boundary between them), the causal video VAE. diffusers' and transformers' own classes load them.
+
+Whether the parts fit together is checked on their configs first, before any weights are read:
+the VAE's latent channels against the transformer's (Wan 2.1's VAE makes 16, Wan 2.2 TI2V's 48),
+the text encoder's kind and width against what the transformer attends to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import UnsampleError
+from ..protocol import ErrorCode
+from .components import DownloadReport, load_pretrained
+
+# The VAEs Wan ships, by the latent channels they make: named in a mismatch.
+_VAES = {16: "Wan 2.1's VAE (16-channel latents)", 48: "Wan 2.2 TI2V's VAE (48-channel latents)"}
+
+
+@dataclass
+class WanComponents:
+    tokenizer: Any
+    text_encoder: Any  # UMT5EncoderModel
+    transformer: Any  # WanTransformer3DModel: Wan 2.1, or Wan 2.2's high-noise expert
+    vae: Any  # AutoencoderKLWan
+    transformer_2: Any | None = None  # Wan 2.2 A14B's low-noise expert
+    boundary_ratio: float | None = None  # the sigma below which the low-noise expert takes over
+
+
+def load_wan(
+    source: str,
+    dtype: torch.dtype,
+    vae_dtype: torch.dtype,
+    *,
+    vae: str = "",
+    allow_download: bool = False,
+    on_download: DownloadReport | None = None,
+) -> WanComponents:
+    """The Wan models in ``source`` (a diffusers folder or Hub id, like Wan-AI/Wan2.1-T2V-1.3B-Diffusers),
+    with ``vae`` (a folder or Hub id) in place of its own if given; on the CPU, in the given dtypes."""
+    from diffusers import AutoencoderKLWan, DiffusionPipeline, WanTransformer3DModel
+    from transformers import AutoConfig, AutoTokenizer, UMT5EncoderModel
+
+    def config(cls: Any, where: str, subfolder: str | None, role: str) -> Any:
+        return load_pretrained(cls, where, subfolder, role, allow_download, "load_config", on_download)
+
+    def model(cls: Any, where: str, subfolder: str | None, role: str, **kwargs: Any) -> Any:
+        return load_pretrained(cls, where, subfolder, role, allow_download, on_download=on_download, **kwargs)
+
+    vae_source, vae_subfolder = (vae, None) if vae else (source, "vae")
+    index = config(DiffusionPipeline, source, None, "checkpoint")
+    transformer_config = config(WanTransformer3DModel, source, "transformer", "transformer")
+    check_vae(vae or source, config(AutoencoderKLWan, vae_source, vae_subfolder, "VAE"), source, transformer_config)
+    encoder_config = load_pretrained(
+        AutoConfig, source, "text_encoder", "text encoder", allow_download, on_download=on_download
+    )
+    check_text_encoder(source, encoder_config, transformer_config)
+
+    second = index.get("transformer_2")
+    has_second = isinstance(second, list | tuple) and second[0] is not None
+    return WanComponents(
+        tokenizer=model(AutoTokenizer, source, "tokenizer", "tokenizer"),
+        text_encoder=model(UMT5EncoderModel, source, "text_encoder", "text encoder", torch_dtype=dtype).eval(),
+        transformer=model(WanTransformer3DModel, source, "transformer", "transformer", torch_dtype=dtype).eval(),
+        vae=model(AutoencoderKLWan, vae_source, vae_subfolder, "VAE", torch_dtype=vae_dtype).eval(),
+        transformer_2=(
+            model(WanTransformer3DModel, source, "transformer_2", "transformer", torch_dtype=dtype).eval()
+            if has_second
+            else None
+        ),
+        boundary_ratio=index.get("boundary_ratio"),
+    )
+
+
+def check_vae(vae: str, vae_config: Any, checkpoint: str, transformer_config: Any) -> None:
+    """The VAE must make the latents the transformer takes."""
+    channels, wanted = vae_config.get("z_dim"), transformer_config.get("in_channels")
+    if channels is None:  # not a video VAE of Wan's kind at all: SD's AutoencoderKL, say
+        kind = vae_config.get("_class_name")
+        raise UnsampleError(
+            ErrorCode.MODEL_MISMATCH,
+            f"the VAE {vae} is {'an ' + kind if kind else 'another kind of model'}, not a Wan video VAE "
+            f"(AutoencoderKLWan): use {_VAES.get(wanted, 'the VAE of ' + checkpoint)}",
+        )
+    if channels != wanted:
+        made = _VAES.get(channels, f"a VAE of {channels}-channel latents")
+        fits = _VAES.get(wanted, f"a VAE of {wanted}-channel latents")
+        raise UnsampleError(
+            ErrorCode.MODEL_MISMATCH,
+            f"the VAE {vae} is {made}, but the transformer of {checkpoint} takes {wanted}-channel latents: use {fits}",
+        )
+
+
+def check_text_encoder(checkpoint: str, encoder_config: Any, transformer_config: Any) -> None:
+    """Wan's transformers attend to UMT5's states, of the width they were trained with."""
+    kind = getattr(encoder_config, "model_type", "unknown")
+    if kind != "umt5":
+        raise UnsampleError(
+            ErrorCode.MODEL_MISMATCH,
+            f"the text encoder of {checkpoint} is a {kind} model, but Wan's transformer was trained on UMT5's "
+            "states: use the text encoder Wan ships (google/umt5-xxl, as in Wan-AI/Wan2.1-T2V-1.3B-Diffusers)",
+        )
+    width, wanted = encoder_config.d_model, transformer_config.get("text_dim")
+    if width != wanted:
+        raise UnsampleError(
+            ErrorCode.MODEL_MISMATCH,
+            f"the text encoder of {checkpoint} gives {width}-wide states, but its transformer attends to "
+            f"{wanted}-wide ones: the two come from different models",
+        )
