@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+
+Added = dict[str, Tensor] | None  # SDXL's pooled text and size conditioning, batched
 
 
 class Parameterisation:
@@ -112,14 +115,8 @@ class GuidedDenoiser:
         # come back: every step and window of a pass would otherwise copy them anew.
         self._batched: tuple[tuple[Any, ...], torch.Tensor, dict[str, torch.Tensor] | None] | None = None
 
-    def _forward(
-        self,
-        model_input: torch.Tensor,
-        timestep: torch.Tensor,
-        embeds: torch.Tensor,
-        added: dict[str, torch.Tensor] | None,
-        kwargs: dict[str, Any],
-    ) -> torch.Tensor:
+    def _forward(self, x: Tensor, timestep: Tensor, embeds: Tensor, added: Added, kwargs: dict[str, Any]) -> Tensor:
+        """One forward pass: ``x`` is the model's input (the CFG batch), ``added`` SDXL's extra conditioning."""
         raise NotImplementedError
 
     def _timestep(self, sigma: float, device: torch.device) -> torch.Tensor:
@@ -212,16 +209,9 @@ class UNetDenoiser(GuidedDenoiser):
     def _timestep(self, sigma: float, device: torch.device) -> torch.Tensor:
         return torch.tensor(self.sigma_to_timestep(sigma), dtype=torch.float32, device=device)
 
-    def _forward(
-        self,
-        model_input: torch.Tensor,
-        timestep: torch.Tensor,
-        embeds: torch.Tensor,
-        added: dict[str, torch.Tensor] | None,
-        kwargs: dict[str, Any],
-    ) -> torch.Tensor:
+    def _forward(self, x: Tensor, timestep: Tensor, embeds: Tensor, added: Added, kwargs: dict[str, Any]) -> Tensor:
         return self.model(
-            model_input, timestep, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **kwargs
+            x, timestep, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **kwargs
         )[0]
 
 
@@ -247,17 +237,10 @@ class FlowTransformerDenoiser(GuidedDenoiser):
     def _timestep(self, sigma: float, device: torch.device) -> torch.Tensor:
         return torch.tensor([self.num_train_timesteps * sigma], dtype=torch.float32, device=device)
 
-    def _forward(
-        self,
-        model_input: torch.Tensor,
-        timestep: torch.Tensor,
-        embeds: torch.Tensor,
-        added: dict[str, torch.Tensor] | None,
-        kwargs: dict[str, Any],
-    ) -> torch.Tensor:
+    def _forward(self, x: Tensor, timestep: Tensor, embeds: Tensor, added: Added, kwargs: dict[str, Any]) -> Tensor:
         return self.model(
-            hidden_states=model_input,
-            timestep=timestep.expand(model_input.shape[0]),
+            hidden_states=x,
+            timestep=timestep.expand(x.shape[0]),
             encoder_hidden_states=embeds,
             return_dict=False,
             **kwargs,
