@@ -36,6 +36,7 @@ FIGURES = {
     12: "fig12_installers",
     13: "fig13_equal_cost",
     14: "fig14_flow",
+    15: "fig15_wan_peer",
 }
 
 
