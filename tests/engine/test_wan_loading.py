@@ -81,3 +81,8 @@ def test_a_text_encoder_that_is_not_umt5_is_named(tiny_wan, tmp_path):
         load(folder)
     assert caught.value.code == ErrorCode.MODEL_MISMATCH
     assert "is a clip_text_model model" in caught.value.message and "UMT5" in caught.value.message
+
+
+def test_umt5_is_never_loaded_in_float16(tiny_wan):
+    wan = load_wan(str(tiny_wan), torch.float16, torch.float32)
+    assert wan.text_encoder.dtype == torch.bfloat16 and wan.transformer.dtype == torch.float16

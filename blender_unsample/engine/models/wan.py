@@ -42,7 +42,8 @@ def load_wan(
     on_download: DownloadReport | None = None,
 ) -> WanComponents:
     """The Wan models in ``source`` (a diffusers folder or Hub id, like Wan-AI/Wan2.1-T2V-1.3B-Diffusers),
-    with ``vae`` (a folder or Hub id) in place of its own if given; on the CPU, in the given dtypes."""
+    with ``vae`` (a folder or Hub id) in place of its own if given; on the CPU, in the given dtypes
+    (UMT5 in bfloat16 where float16 is asked for)."""
     from diffusers import AutoencoderKLWan, DiffusionPipeline, WanTransformer3DModel
     from transformers import AutoConfig, AutoTokenizer, UMT5EncoderModel
 
@@ -61,11 +62,13 @@ def load_wan(
     )
     check_text_encoder(source, encoder_config, transformer_config)
 
+    # T5's feed-forward activations overflow float16 (the reason T5 models ship in bfloat16).
+    text_dtype = torch.bfloat16 if dtype == torch.float16 else dtype
     second = index.get("transformer_2")
     has_second = isinstance(second, list | tuple) and second[0] is not None
     return WanComponents(
         tokenizer=model(AutoTokenizer, source, "tokenizer", "tokenizer"),
-        text_encoder=model(UMT5EncoderModel, source, "text_encoder", "text encoder", torch_dtype=dtype).eval(),
+        text_encoder=model(UMT5EncoderModel, source, "text_encoder", "text encoder", torch_dtype=text_dtype).eval(),
         transformer=model(WanTransformer3DModel, source, "transformer", "transformer", torch_dtype=dtype).eval(),
         vae=model(AutoencoderKLWan, vae_source, vae_subfolder, "VAE", torch_dtype=vae_dtype).eval(),
         transformer_2=(
