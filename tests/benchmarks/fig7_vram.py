@@ -219,7 +219,9 @@ class FusedAttention(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
-        query, value = args[0], args[2]
+        # Positional (diffusers' UNet processors) or by name (diffusers' attention dispatch, Wan's).
+        query = args[0] if args else kwargs["query"]
+        value = args[2] if len(args) > 2 else kwargs["value"]
         if query.ndim != 4:
             return torch.empty((*query.shape[:-1], value.shape[-1]), dtype=query.dtype, device=query.device)
         batch, heads, tokens, _ = query.shape

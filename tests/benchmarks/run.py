@@ -37,6 +37,7 @@ FIGURES = {
     13: "fig13_equal_cost",
     14: "fig14_flow",
     15: "fig15_wan_peer",
+    16: "fig16_wan_vram",
 }
 
 
