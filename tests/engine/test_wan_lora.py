@@ -62,7 +62,7 @@ def original_file(path, made):
 def test_a_wan_lora_is_merged_as_weight_times_up_down(layout, transformer, tmp_path):
     made = updates(transformer)
     before = {name: transformer.get_submodule(name).weight.detach().clone() for name in MODULES}
-    path = layout(tmp_path / "style.safetensors", made)
+    path = layout(tmp_path / "стиль — акварель.safetensors", made)  # a user's name, not ASCII
 
     assert apply_wan_loras([(path, 0.7)], transformer) == 1
 

@@ -25,7 +25,10 @@ def test_the_tiny_folder_runs_in_diffusers_own_wan_pipeline(wan):
     assert frames.shape == (1, 5, 3, 32, 32) and torch.isfinite(frames).all()
 
 
-@pytest.mark.parametrize("prompt", ["a watercolor of a harbour", "  ink &amp; wash,\n\tboats  ", ""])
+PROMPTS = ["a watercolor of a harbour", "  ink &amp; wash,\n\tboats  ", "", "港口の水彩画 — été"]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
 def test_prompts_encode_as_the_wan_pipeline_encodes_them(prompt, wan):
     cpu = torch.device("cpu")
     with torch.no_grad():
