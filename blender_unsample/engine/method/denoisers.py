@@ -217,27 +217,43 @@ class UNetDenoiser(GuidedDenoiser):
 
 class FlowTransformerDenoiser(GuidedDenoiser):
     """``denoised = self(x, sigma, guidance=...)`` over a flow-matching video transformer (diffusers'
-    ``WanTransformer3DModel``): x is (B, C, F, H, W) latents, sigma in [0, 1], and the model is
-    given x as it is at timestep ``num_train_timesteps * sigma``, as diffusers' flow-matching
-    schedulers give it. The prompt is attended to once per clip, not per frame."""
+    ``WanTransformer3DModel``, or ``WanVACETransformer3DModel`` with ``control``): x is (B, C, F, H, W)
+    latents, sigma in [0, 1], and the model is given x as it is at timestep ``num_train_timesteps *
+    sigma``, as diffusers' flow-matching schedulers give it. The prompt is attended to once per clip.
+
+    ``control`` is VACE's conditioning, ``(states, scale)``: states (1, C, F, H, W) over the whole
+    clip, of which each context window gets its own frames; scale one weight per VACE layer."""
 
     sigma_min = 0.0
     sigma_max = 1.0
 
-    def __init__(self, transformer: Any, num_train_timesteps: int = 1000) -> None:
+    def __init__(
+        self, transformer: Any, num_train_timesteps: int = 1000, control: tuple[Tensor, Tensor] | None = None
+    ) -> None:
         super().__init__(transformer, PARAMETERISATIONS["flow"])
         self.num_train_timesteps = num_train_timesteps
+        self.control = control
+        self._frames: Any = None
 
     def __call__(
         self, x: torch.Tensor, sigma: float, guidance: Guidance, frames: Any = None, **kwargs: Any
     ) -> torch.Tensor:
-        # ``frames`` (a context window's indices) matters only to per-frame control, not to this call.
+        self._frames = frames  # a context window's indices: which frames of the control it gets
         return self._denoise(x, sigma, guidance, x.shape[0], kwargs)
 
     def _timestep(self, sigma: float, device: torch.device) -> torch.Tensor:
         return torch.tensor([self.num_train_timesteps * sigma], dtype=torch.float32, device=device)
 
     def _forward(self, x: Tensor, timestep: Tensor, embeds: Tensor, added: Added, kwargs: dict[str, Any]) -> Tensor:
+        if self.control is not None:
+            states, scale = self.control
+            if self._frames is not None:
+                states = states[:, :, list(self._frames)]
+            kwargs = {
+                **kwargs,
+                "control_hidden_states": states.to(x.device, x.dtype).expand(x.shape[0], -1, -1, -1, -1),
+                "control_hidden_states_scale": scale.to(x.device),
+            }
         return self.model(
             hidden_states=x,
             timestep=timestep.expand(x.shape[0]),
