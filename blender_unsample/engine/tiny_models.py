@@ -232,7 +232,7 @@ def build_tiny_wan(root: Path | str, seed: int = 0) -> Path:
     """Build (or reuse) a tiny Wan 2.1 text-to-video folder under ``root``, laid out like
     Wan-AI/Wan2.1-T2V-1.3B-Diffusers (diffusers' WanPipeline loads it as it is); returns the folder.
     The VAE keeps Wan's 8x in space and 4x in time, the transformer its 2x2 patches."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from diffusers import UniPCMultistepScheduler
     from transformers import UMT5Config, UMT5EncoderModel
 
     folder = Path(root) / "wan"
@@ -255,27 +255,8 @@ def build_tiny_wan(root: Path | str, seed: int = 0) -> Path:
             decoder_start_token_id=0,
         )
     ).save_pretrained(folder / "text_encoder")
-    WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=WAN_LATENT_CHANNELS,
-        out_channels=WAN_LATENT_CHANNELS,
-        text_dim=WAN_TEXT_DIM,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    ).save_pretrained(folder / "transformer")
-    AutoencoderKLWan(
-        base_dim=3,
-        z_dim=WAN_LATENT_CHANNELS,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-    ).save_pretrained(folder / "vae")
+    tiny_wan_transformer().save_pretrained(folder / "transformer")
+    tiny_wan_vae().save_pretrained(folder / "vae")
     # The scheduler Wan's repos ship; Unsample samples with its own (schedules.flow).
     UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
@@ -294,6 +275,30 @@ def build_tiny_wan(root: Path | str, seed: int = 0) -> Path:
     (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
     (folder / "complete").write_text("tiny random-weight models; their output is noise\n")
     return folder
+
+
+def tiny_wan_transformer(**changes: Any) -> Any:
+    """Wan 2.1's transformer class, tiny: 2 layers of 2 heads of 12, 16 latent channels, 2x2 patches;
+    ``changes`` to its config (e.g. VACE's layers, with WanVACETransformer3DModel's extra arguments)."""
+    from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
+
+    config = dict(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=WAN_LATENT_CHANNELS,
+        out_channels=WAN_LATENT_CHANNELS, text_dim=WAN_TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )  # fmt: skip
+    cls = WanVACETransformer3DModel if "vace_layers" in changes else WanTransformer3DModel
+    return cls(**{**config, **changes}).eval()
+
+
+def tiny_wan_vae() -> Any:
+    """Wan 2.1's causal video VAE class, tiny: 16 latent channels, 8x in space, 4x in time."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=3, z_dim=WAN_LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    ).eval()  # fmt: skip
 
 
 def _write_unigram_tokenizer(folder: Path) -> int:

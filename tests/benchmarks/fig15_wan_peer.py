@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from flow_video import diffusers_flow_scheduler
 from report import REPEATS, Figure, spread
 
 from blender_unsample.engine.method import schedules
@@ -72,12 +73,9 @@ def _theirs(pipeline: Any, noise: torch.Tensor, prompt: torch.Tensor, negative: 
 
 
 def _pipeline(transformer: Any) -> Any:
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+    from diffusers import WanPipeline
 
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=SHIFT)
-    set_timesteps = scheduler.set_timesteps
-    evenly = torch.linspace(1.0, 0.0, STEPS + 1)[:-1].tolist()  # shifted by the scheduler as schedules.flow is
-    scheduler.set_timesteps = lambda steps, device=None, **_: set_timesteps(device=device, sigmas=evenly)
+    scheduler = diffusers_flow_scheduler(STEPS, SHIFT)
     pipeline = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

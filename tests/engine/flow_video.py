@@ -27,3 +27,15 @@ class FlowVideo:
         if sigma >= 1.0:
             return torch.zeros_like(x)
         return self.video(x / (1 - sigma), sigma / (1 - sigma), **extra)
+
+
+def diffusers_flow_scheduler(steps: int, shift: float) -> Any:
+    """diffusers' FlowMatchEulerDiscreteScheduler set to schedules.flow(steps, shift)'s sigmas whenever a
+    pipeline sets its timesteps: evenly spaced sigmas, shifted by the scheduler itself."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    set_timesteps = scheduler.set_timesteps
+    evenly = torch.linspace(1.0, 0.0, steps + 1)[:-1].tolist()
+    scheduler.set_timesteps = lambda *_, device=None, **__: set_timesteps(device=device, sigmas=evenly)
+    return scheduler

@@ -4,13 +4,14 @@ scheduler steps, and the round trip on an exact flow video model."""
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from flow_video import FlowVideo
+from flow_video import FlowVideo, diffusers_flow_scheduler
 from gaussian_video import GaussianVideo
 
 from blender_unsample.engine.method import schedules
 from blender_unsample.engine.method.denoisers import PARAMETERISATIONS
 from blender_unsample.engine.method.samplers import sample_euler
 from blender_unsample.engine.method.unsampling import resample, unsample
+from blender_unsample.engine.tiny_models import tiny_wan_transformer
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0, 5.0])
@@ -88,33 +89,13 @@ def test_the_unsampled_noise_of_an_exact_flow_model_approaches_the_noise_s_sprea
 # --- the model call: diffusers' Wan transformer ------------------------------------------------------
 
 
-def tiny_wan_transformer():
-    """Wan 2.1's transformer with the real class, tiny: 2 layers, 2 heads of 12, 16 latent channels."""
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(0)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    ).eval()
-
-
 @pytest.mark.parametrize("scale", [1.0, 3.5])
 def test_resampling_a_wan_transformer_matches_diffusers_wan_pipeline(scale):
     from diffusers import WanPipeline
 
     from blender_unsample.engine.method.denoisers import Conditioning, FlowTransformerDenoiser, Guidance
 
+    torch.manual_seed(0)
     transformer = tiny_wan_transformer()
     generator = torch.Generator().manual_seed(1)
     noise = torch.randn(1, 16, 3, 8, 8, generator=generator)  # 3 latent frames: a 9-frame, 64 px clip
@@ -127,10 +108,7 @@ def test_resampling_a_wan_transformer_matches_diffusers_wan_pipeline(scale):
     with torch.no_grad():
         ours = resample(denoiser, noise.clone(), sigmas, extra_args={"guidance": guidance})
 
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
-    set_timesteps = scheduler.set_timesteps
-    evenly = torch.linspace(1.0, 0.0, steps + 1)[:-1].tolist()  # shifted by the scheduler as schedules.flow does
-    scheduler.set_timesteps = lambda steps, device=None, **_: set_timesteps(device=device, sigmas=evenly)
+    scheduler = diffusers_flow_scheduler(steps, shift)
     pipeline = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer)
     pipeline.set_progress_bar_config(disable=True)
     theirs = pipeline(

@@ -4,20 +4,12 @@ import pytest
 import torch
 
 from blender_unsample.engine.job.latent_time import causal_length, latent_frames, pad_frames, trim_frames
-
-
-def tiny_wan_vae():
-    """Wan 2.1's VAE with the real class, tiny: 16 latent channels, 8x in space, 4x in time."""
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(0)
-    return AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    ).eval()
+from blender_unsample.engine.tiny_models import tiny_wan_vae
 
 
 @pytest.fixture(scope="module")
 def vae():
+    torch.manual_seed(0)
     return tiny_wan_vae()
 
 

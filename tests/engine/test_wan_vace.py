@@ -4,7 +4,7 @@ WanVACEPipeline given the same control video, prompt states, noise and sigmas.""
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from flow_video import diffusers_flow_scheduler
 from PIL import Image
 
 from blender_unsample.engine.job.vace import vace_control
@@ -12,23 +12,14 @@ from blender_unsample.engine.method import schedules
 from blender_unsample.engine.method.context_windows import ContextWindowDenoiser
 from blender_unsample.engine.method.denoisers import Conditioning, FlowTransformerDenoiser, Guidance
 from blender_unsample.engine.method.unsampling import resample
+from blender_unsample.engine.tiny_models import tiny_wan_transformer, tiny_wan_vae
 
 STEPS, SHIFT, FRAMES, SIZE = 4, 3.0, 9, 64
 
 
 def tiny_vace():
-    from diffusers import AutoencoderKLWan, WanVACETransformer3DModel
-
     torch.manual_seed(0)
-    transformer = WanVACETransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=3, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32, vace_layers=[0, 2], vace_in_channels=96,
-    ).eval()  # fmt: skip
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    ).eval()
-    return transformer, vae
+    return tiny_wan_transformer(num_layers=3, vace_layers=[0, 2], vace_in_channels=96), tiny_wan_vae()
 
 
 def control_frames() -> list[Image.Image]:
@@ -57,10 +48,7 @@ def test_resampling_with_vace_control_matches_diffusers_wan_vace_pipeline(streng
         guidance = Guidance(Conditioning(prompt), Conditioning(negative), 3.0)
         ours = resample(denoiser, noise.clone(), schedules.flow(STEPS, SHIFT), extra_args={"guidance": guidance})
 
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=SHIFT)
-    set_timesteps = scheduler.set_timesteps
-    evenly = torch.linspace(1.0, 0.0, STEPS + 1)[:-1].tolist()
-    scheduler.set_timesteps = lambda steps, device=None, **_: set_timesteps(device=device, sigmas=evenly)
+    scheduler = diffusers_flow_scheduler(STEPS, SHIFT)
     pipeline = WanVACEPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=transformer)
     pipeline.set_progress_bar_config(disable=True)
     theirs = pipeline(

@@ -21,12 +21,9 @@ update" (kohya-ss: the rank) and merges DoRA files without their magnitudes. Lay
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import math
 import os
-import warnings
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +34,7 @@ from torch import nn
 
 from ..errors import UnsampleError
 from ..protocol import ErrorCode
+from .adapters import merge_adapters, weighted
 from .families import detect
 from .weights_file import inaccessible
 
@@ -163,13 +161,7 @@ def apply_loras(
     # 1. Read and check every file before touching any model.
     model = _Checkpoint(detect.unet_family(unet.config), checkpoint)
     modules, aliases = _targets(unet, text_encoder, text_encoder_2)
-    plans = []
-    for path, weight in loras:
-        weight = float(weight)
-        if not math.isfinite(weight):
-            raise UnsampleError(ErrorCode.BAD_SETTINGS, f"the LoRA {path} has weight {weight}; give a finite number")
-        if weight != 0:
-            plans.append(_plan(Path(path).expanduser(), weight, model, modules, aliases))
+    plans = [_plan(path, weight, model, modules, aliases) for path, weight in weighted(loras)]
     report = LoraReport()
     if not plans:
         return report
@@ -495,17 +487,7 @@ def _shaped_for(module: nn.Module, update: _Update) -> tuple[torch.Tensor, torch
 
 
 def _fuse(plans: list[_Plan], models: dict[str, nn.Module | None]) -> None:
-    """Each file as one adapter weighted by its weight, all merged, then the adapter layers taken out.
-
-    Loading adds adapter layers but changes no weight: when a file fails there, taking them out
-    again leaves the models as they were.
-    """
-    if importlib.util.find_spec("peft") is None:
-        raise UnsampleError(
-            ErrorCode.WORKER_SETUP,
-            "LoRAs need the Python package peft, which the worker lacks: run Set Up Worker again, "
-            "or install peft into the worker's environment",
-        )
+    """Each file as one adapter weighted by its weight, all merged (adapters.merge_adapters)."""
     from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 
     class Models(StableDiffusionXLLoraLoaderMixin):
@@ -515,22 +497,13 @@ def _fuse(plans: list[_Plan], models: dict[str, nn.Module | None]) -> None:
             self.unet, self.text_encoder, self.text_encoder_2 = models.values()
 
     target = Models()
-    names = [f"unsample_{index}" for index in range(len(plans))]
-    with warnings.catch_warnings():
-        # peft's notes on several adapters in one model, and on removing them again, are expected here.
-        warnings.filterwarnings("ignore", "Already found a `peft_config`")
-        warnings.filterwarnings("ignore", "Adapter .* was active which is now deleted")
-        try:
-            for name, plan in zip(names, plans, strict=True):
-                for component, model in models.items():
-                    if model is not None:
-                        _load(target, component, model, name, plan)
-        except BaseException:
-            target.unload_lora_weights()
-            raise
-    target.set_adapters(names, [plan.applied.weight for plan in plans])
-    target.fuse_lora(adapter_names=names)
-    target.unload_lora_weights()
+
+    def load(name: str, index: int) -> None:
+        for component, model in models.items():
+            if model is not None:
+                _load(target, component, model, name, plans[index])
+
+    merge_adapters(target, [plan.applied.weight for plan in plans], load)
 
 
 def _load(target: Any, component: str, model: nn.Module, name: str, plan: _Plan) -> None:

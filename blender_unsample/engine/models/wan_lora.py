@@ -10,8 +10,6 @@ file and why (another model's LoRA, a damaged file, a shape that does not fit).
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import os
 import warnings
 from collections.abc import Iterable
@@ -23,6 +21,7 @@ import torch
 
 from ..errors import UnsampleError, first_line
 from ..protocol import ErrorCode
+from .adapters import merge_adapters, weighted
 from .weights_file import read_state_dict
 
 _HALVES = {".lora_A.weight": 1, ".lora_B.weight": 0}  # which dimension of each half meets the module's weight
@@ -41,13 +40,7 @@ def apply_wan_loras(
     """Merge each ``(path, weight)`` LoRA into ``transformer`` in place (a weight of 0 skips the file);
     returns how many were merged. Every file is checked before any is loaded: UnsampleError with
     MODEL_NOT_FOUND, MODEL_INVALID or MODEL_MISMATCH, naming the file; WORKER_SETUP without peft."""
-    plans = []
-    for path, weight in loras:
-        weight = float(weight)
-        if not math.isfinite(weight):
-            raise UnsampleError(ErrorCode.BAD_SETTINGS, f"the LoRA {path} has weight {weight}; give a finite number")
-        if weight != 0:
-            plans.append(_plan(Path(path).expanduser(), weight, transformer, checkpoint or "the Wan transformer"))
+    plans = [_plan(path, weight, transformer, checkpoint or "the Wan transformer") for path, weight in weighted(loras)]
     if plans:
         _fuse(plans, transformer)
     return len(plans)
@@ -100,14 +93,7 @@ def _check_fits(path: Path, state: dict[str, torch.Tensor], transformer: Any, ch
 
 
 def _fuse(plans: list[_Plan], transformer: Any) -> None:
-    """Each file as one adapter, all merged with their weights, then the adapter layers taken out;
-    loading changes no weight, so a failure there leaves the transformer as it was."""
-    if importlib.util.find_spec("peft") is None:
-        raise UnsampleError(
-            ErrorCode.WORKER_SETUP,
-            "LoRAs need the Python package peft, which the worker lacks: run Set Up Worker again, "
-            "or install peft into the worker's environment",
-        )
+    """Each file as one adapter weighted by its weight, all merged (adapters.merge_adapters)."""
     from diffusers.loaders import WanLoraLoaderMixin
 
     class Models(WanLoraLoaderMixin):
@@ -116,17 +102,7 @@ def _fuse(plans: list[_Plan], transformer: Any) -> None:
         def __init__(self) -> None:
             self.transformer = transformer
 
-    target = Models()
-    names = [f"unsample_{index}" for index in range(len(plans))]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Already found a `peft_config`")
-        warnings.filterwarnings("ignore", "Adapter .* was active which is now deleted")
-        try:
-            for name, plan in zip(names, plans, strict=True):
-                Models.load_lora_into_transformer(plan.state, transformer=transformer, adapter_name=name)
-        except BaseException:
-            target.unload_lora_weights()
-            raise
-        target.set_adapters(names, [plan.weight for plan in plans])
-        target.fuse_lora(adapter_names=names)
-        target.unload_lora_weights()
+    def load(name: str, index: int) -> None:
+        Models.load_lora_into_transformer(plans[index].state, transformer=transformer, adapter_name=name)
+
+    merge_adapters(Models(), [plan.weight for plan in plans], load)
