@@ -8,7 +8,7 @@ from flow_video import FlowVideo, diffusers_flow_scheduler
 from gaussian_video import GaussianVideo
 
 from blender_unsample.engine.method import schedules
-from blender_unsample.engine.method.denoisers import PARAMETERISATIONS
+from blender_unsample.engine.method.denoisers import PARAMETERISATIONS, Conditioning, FlowTransformerDenoiser, Guidance
 from blender_unsample.engine.method.samplers import sample_euler
 from blender_unsample.engine.method.unsampling import resample, unsample
 from blender_unsample.engine.tiny_models import tiny_wan_transformer
@@ -93,8 +93,6 @@ def test_the_unsampled_noise_of_an_exact_flow_model_approaches_the_noise_s_sprea
 def test_resampling_a_wan_transformer_matches_diffusers_wan_pipeline(scale):
     from diffusers import WanPipeline
 
-    from blender_unsample.engine.method.denoisers import Conditioning, FlowTransformerDenoiser, Guidance
-
     torch.manual_seed(0)
     transformer = tiny_wan_transformer()
     generator = torch.Generator().manual_seed(1)
@@ -141,3 +139,38 @@ def test_context_windows_in_latent_time_stay_near_the_whole_clip_answer():
     windowed = resample(windowed_model, unsample(windowed_model, clips, sigmas, refine=1), sigmas)
     gap = float((windowed - whole).pow(2).mean().sqrt()) / float(clips.std())
     assert 0 < gap < 0.045, gap
+
+
+def test_wan_2_2_s_two_experts_switch_at_the_boundary_as_in_diffusers_wan_pipeline():
+    from diffusers import WanPipeline
+
+    torch.manual_seed(0)
+    high, low = tiny_wan_transformer(), tiny_wan_transformer()
+    generator = torch.Generator().manual_seed(4)
+    noise = torch.randn(1, 16, 3, 8, 8, generator=generator)
+    prompt, negative = torch.randn(2, 1, 10, 32, generator=generator).unbind(0)
+    steps, shift, boundary = 6, 3.0, 0.875  # Wan 2.2 A14B's own boundary
+
+    denoiser = FlowTransformerDenoiser(high, low_noise=low, boundary=boundary, low_noise_cfg=2.0)
+    guidance = Guidance(Conditioning(prompt), Conditioning(negative), 3.5)
+    with torch.no_grad():
+        ours = resample(denoiser, noise.clone(), schedules.flow(steps, shift), extra_args={"guidance": guidance})
+    pipeline = WanPipeline(
+        tokenizer=None, text_encoder=None, vae=None, scheduler=diffusers_flow_scheduler(steps, shift),
+        transformer=high, transformer_2=low, boundary_ratio=boundary,
+    )  # fmt: skip
+    pipeline.set_progress_bar_config(disable=True)
+    theirs = pipeline(
+        prompt_embeds=prompt, negative_prompt_embeds=negative, latents=noise.clone(), num_frames=9, height=64,
+        width=64, num_inference_steps=steps, guidance_scale=3.5, guidance_scale_2=2.0, output_type="latent",
+    ).frames  # fmt: skip
+
+    sigmas = schedules.flow(steps, shift)[:-1]
+    assert (sigmas >= boundary).any() and (sigmas < boundary).any(), "both experts must take part"
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        only_high = resample(FlowTransformerDenoiser(high), noise.clone(), schedules.flow(steps, shift),
+                             extra_args={"guidance": guidance})  # fmt: skip
+    assert float((ours - only_high).abs().max()) > 1e-3, "the second expert changed nothing"
+    with pytest.raises(ValueError, match="boundary"):
+        FlowTransformerDenoiser(high, boundary=boundary)

@@ -115,9 +115,14 @@ class GuidedDenoiser:
         # come back: every step and window of a pass would otherwise copy them anew.
         self._batched: tuple[tuple[Any, ...], torch.Tensor, dict[str, torch.Tensor] | None] | None = None
 
-    def _forward(self, x: Tensor, timestep: Tensor, embeds: Tensor, added: Added, kwargs: dict[str, Any]) -> Tensor:
+    def _forward(
+        self, x: Tensor, timestep: Tensor, embeds: Tensor, added: Added, kwargs: dict[str, Any], sigma: float
+    ) -> Tensor:
         """One forward pass: ``x`` is the model's input (the CFG batch), ``added`` SDXL's extra conditioning."""
         raise NotImplementedError
+
+    def _guidance_scale(self, guidance: Guidance, sigma: float) -> float:
+        return guidance.scale
 
     def _timestep(self, sigma: float, device: torch.device) -> torch.Tensor:
         raise NotImplementedError
@@ -126,14 +131,15 @@ class GuidedDenoiser:
         self, x: torch.Tensor, sigma: float, guidance: Guidance, prompts_per_part: int, kwargs: dict[str, Any]
     ) -> torch.Tensor:
         batch = x.shape[0]
+        scale = self._guidance_scale(guidance, sigma)
         parts = [guidance.cond]
-        if guidance.uses_uncond and guidance.uncond is not None:
+        if guidance.uncond is not None and scale != 1.0:  # at scale 1 the uncond term cancels out exactly
             parts.insert(0, guidance.uncond)
         model_input = self.parameterisation.model_input(x, sigma).to(self.dtype)
         if len(parts) == 2:
             model_input = torch.cat([model_input, model_input])
         embeds, added = self._conditioning(guidance, parts, prompts_per_part, batch, model_input.device)
-        output = self._forward(model_input, self._timestep(sigma, model_input.device), embeds, added, kwargs)
+        output = self._forward(model_input, self._timestep(sigma, model_input.device), embeds, added, kwargs, sigma)
         self.calls += 1
 
         denoised = self.parameterisation.denoised(x, sigma, output.to(x.dtype).reshape(len(parts), *x.shape))
@@ -141,7 +147,7 @@ class GuidedDenoiser:
             return denoised[0]
         uncond, cond = denoised.unbind(0)
         # Guidance on denoised equals guidance on the model's output: denoised is affine in it.
-        return torch.lerp(uncond, cond, guidance.scale)
+        return torch.lerp(uncond, cond, scale)
 
     def _conditioning(
         self, guidance: Guidance, parts: list[Conditioning], prompts_per_part: int, batch: int, device: torch.device
@@ -209,7 +215,9 @@ class UNetDenoiser(GuidedDenoiser):
     def _timestep(self, sigma: float, device: torch.device) -> torch.Tensor:
         return torch.tensor(self.sigma_to_timestep(sigma), dtype=torch.float32, device=device)
 
-    def _forward(self, x: Tensor, timestep: Tensor, embeds: Tensor, added: Added, kwargs: dict[str, Any]) -> Tensor:
+    def _forward(
+        self, x: Tensor, timestep: Tensor, embeds: Tensor, added: Added, kwargs: dict[str, Any], sigma: float
+    ) -> Tensor:
         return self.model(
             x, timestep, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **kwargs
         )[0]
@@ -222,17 +230,28 @@ class FlowTransformerDenoiser(GuidedDenoiser):
     sigma``, as diffusers' flow-matching schedulers give it. The prompt is attended to once per clip.
 
     ``control`` is VACE's conditioning, ``(states, scale)``: states (1, C, F, H, W) over the whole
-    clip, of which each context window gets its own frames; scale one weight per VACE layer."""
+    clip, of which each context window gets its own frames; scale one weight per VACE layer.
+    ``low_noise`` is Wan 2.2 A14B's second expert: it takes over below sigma ``boundary``, with its
+    own CFG scale ``low_noise_cfg`` if given, as diffusers' WanPipeline switches them."""
 
     sigma_min = 0.0
     sigma_max = 1.0
 
     def __init__(
-        self, transformer: Any, num_train_timesteps: int = 1000, control: tuple[Tensor, Tensor] | None = None
+        self,
+        transformer: Any,
+        num_train_timesteps: int = 1000,
+        control: tuple[Tensor, Tensor] | None = None,
+        low_noise: Any = None,
+        boundary: float | None = None,
+        low_noise_cfg: float | None = None,
     ) -> None:
         super().__init__(transformer, PARAMETERISATIONS["flow"])
+        if (low_noise is None) != (boundary is None):
+            raise ValueError("a second expert needs its boundary, and a boundary its second expert")
         self.num_train_timesteps = num_train_timesteps
         self.control = control
+        self.low_noise, self.boundary, self.low_noise_cfg = low_noise, boundary, low_noise_cfg
         self._frames: Any = None
 
     def __call__(
@@ -241,10 +260,20 @@ class FlowTransformerDenoiser(GuidedDenoiser):
         self._frames = frames  # a context window's indices: which frames of the control it gets
         return self._denoise(x, sigma, guidance, x.shape[0], kwargs)
 
+    def _in_low_noise(self, sigma: float) -> bool:
+        return self.boundary is not None and sigma < self.boundary
+
+    def _guidance_scale(self, guidance: Guidance, sigma: float) -> float:
+        if self.low_noise_cfg is not None and self._in_low_noise(sigma):
+            return self.low_noise_cfg
+        return guidance.scale
+
     def _timestep(self, sigma: float, device: torch.device) -> torch.Tensor:
         return torch.tensor([self.num_train_timesteps * sigma], dtype=torch.float32, device=device)
 
-    def _forward(self, x: Tensor, timestep: Tensor, embeds: Tensor, added: Added, kwargs: dict[str, Any]) -> Tensor:
+    def _forward(
+        self, x: Tensor, timestep: Tensor, embeds: Tensor, added: Added, kwargs: dict[str, Any], sigma: float
+    ) -> Tensor:
         if self.control is not None:
             states, scale = self.control
             if self._frames is not None:
@@ -254,7 +283,8 @@ class FlowTransformerDenoiser(GuidedDenoiser):
                 "control_hidden_states": states.to(x.device, x.dtype).expand(x.shape[0], -1, -1, -1, -1),
                 "control_hidden_states_scale": scale.to(x.device),
             }
-        return self.model(
+        model = self.low_noise if self._in_low_noise(sigma) else self.model
+        return model(
             hidden_states=x,
             timestep=timestep.expand(x.shape[0]),
             encoder_hidden_states=embeds,
