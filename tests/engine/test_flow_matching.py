@@ -174,3 +174,29 @@ def test_wan_2_2_s_two_experts_switch_at_the_boundary_as_in_diffusers_wan_pipeli
     assert float((ours - only_high).abs().max()) > 1e-3, "the second expert changed nothing"
     with pytest.raises(ValueError, match="boundary"):
         FlowTransformerDenoiser(high, boundary=boundary)
+
+
+def test_wan_2_2_ti2v_with_per_token_timesteps_matches_diffusers_wan_pipeline():
+    # Wan 2.2 TI2V 5B's pipeline gives its transformer one timestep per token (expand_timesteps); for a
+    # clip restyled as a whole every token has the same one, which our single timestep equals.
+    from diffusers import WanPipeline
+
+    torch.manual_seed(0)
+    transformer = tiny_wan_transformer(in_channels=48, out_channels=48)  # TI2V's 48-channel latents
+    generator = torch.Generator().manual_seed(5)
+    noise = torch.randn(1, 48, 3, 8, 8, generator=generator)
+    prompt, negative = torch.randn(2, 1, 10, 32, generator=generator).unbind(0)
+    guidance = Guidance(Conditioning(prompt), Conditioning(negative), 3.0)
+    with torch.no_grad():
+        ours = resample(FlowTransformerDenoiser(transformer), noise.clone(), schedules.flow(5, 5.0),
+                        extra_args={"guidance": guidance})  # fmt: skip
+    pipeline = WanPipeline(
+        tokenizer=None, text_encoder=None, vae=None, scheduler=diffusers_flow_scheduler(5, 5.0),
+        transformer=transformer, expand_timesteps=True,
+    )  # fmt: skip
+    pipeline.set_progress_bar_config(disable=True)
+    theirs = pipeline(
+        prompt_embeds=prompt, negative_prompt_embeds=negative, latents=noise.clone(), num_frames=9, height=64,
+        width=64, num_inference_steps=5, guidance_scale=3.0, output_type="latent",
+    ).frames  # fmt: skip
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
