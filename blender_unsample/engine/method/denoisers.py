@@ -88,11 +88,6 @@ class Guidance:
     uncond: Conditioning | None = None
     scale: float = 1.0
 
-    @property
-    def uses_uncond(self) -> bool:
-        # At scale 1 the uncond term cancels out exactly: skip its model call.
-        return self.uncond is not None and self.scale != 1.0
-
 
 def training_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """Sigmas of the discrete training timesteps, on the variance-exploding scale."""
