@@ -146,8 +146,11 @@ def test_a_transformer_file_of_another_size_names_the_configs_it_needs(tiny_wan,
          "model.diffusion_model.head.modulation": torch.zeros(1, 2, 5120)},
         path,
     )  # fmt: skip
+    # A config folder whose text encoder has no weights: the mismatch must be named before any loads.
+    configs = tmp_path / "configs-only"
+    shutil.copytree(tiny_wan, configs, ignore=shutil.ignore_patterns("*.safetensors"))
     with pytest.raises(UnsampleError) as caught:
-        load_wan(str(path), torch.float32, torch.float32, config=str(tiny_wan))
+        load_wan(str(path), torch.float32, torch.float32, config=str(configs))
     assert caught.value.code == ErrorCode.MODEL_MISMATCH
     assert (
         "is Wan 2.1 14B" in caught.value.message and "--config Wan-AI/Wan2.1-T2V-14B-Diffusers" in caught.value.message

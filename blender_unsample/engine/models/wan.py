@@ -72,10 +72,12 @@ def load_wan(
     if transformer_file:
         # Its configs alone (a few kB, never the repo's own transformer weights); the other parts from
         # the same folder or repo, as models.
-        source = config or _SIZES.get(_file_width(transformer_file), (None, DEFAULT_CONFIG_REPO))[1]
+        width = _file_width(transformer_file)
+        source = config or _SIZES.get(width, (None, DEFAULT_CONFIG_REPO))[1]
         role = f"transformer {transformer_file}"
         configs = resolve_config(source, source, role, allow_download, ["transformer/config.json"])
         transformer_config = WanTransformer3DModel.load_config(str(configs), subfolder="transformer")
+        _check_width(transformer_file, width, str(configs), transformer_config)  # before any weights load
     else:
         configs = None
         transformer_config = config_of(WanTransformer3DModel, source, "transformer", "transformer")
@@ -95,7 +97,7 @@ def load_wan(
         tokenizer=model(AutoTokenizer, source, "tokenizer", "tokenizer"),
         text_encoder=model(UMT5EncoderModel, source, "text_encoder", "text encoder", torch_dtype=text_dtype).eval(),
         transformer=(
-            _transformer_from_file(transformer_file, str(configs), transformer_config, dtype)
+            _transformer_from_file(transformer_file, str(configs), dtype)
             if transformer_file
             else model(WanTransformer3DModel, source, "transformer", "transformer", torch_dtype=dtype)
         ).eval(),
@@ -156,11 +158,8 @@ def _file_width(path: str) -> int:
     return plain["patch_embedding.weight"][0]
 
 
-def _transformer_from_file(path: str, folder: str, transformer_config: Any, dtype: torch.dtype) -> Any:
-    """The transformer in ``path`` (Wan's own layout), converted by diffusers with the configs in ``folder``."""
-    from diffusers import WanTransformer3DModel
-
-    width = _file_width(path)
+def _check_width(path: str, width: int, folder: str, transformer_config: Any) -> None:
+    """The transformer file must be as wide as the configs it is to be built with."""
     wanted = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
     if width != wanted:
         named = _SIZES.get(width, (f"a Wan transformer {width} wide", None))
@@ -169,6 +168,12 @@ def _transformer_from_file(path: str, folder: str, transformer_config: Any, dtyp
             f"the transformer {path} is {named[0]}, but the configs in {folder} are for a {wanted}-wide one: "
             + (f"use the configs of {named[1]} (command line: --config {named[1]})" if named[1] else "name its own"),
         )
+
+
+def _transformer_from_file(path: str, folder: str, dtype: torch.dtype) -> Any:
+    """The transformer in ``path`` (Wan's own layout), converted by diffusers with the configs in ``folder``."""
+    from diffusers import WanTransformer3DModel
+
     state = read_state_dict(path, "transformer")
     try:
         return WanTransformer3DModel.from_single_file(
