@@ -36,7 +36,6 @@ T = TypeVar("T")
 
 SINGLE_FILE_SUFFIXES = frozenset(MODEL_FILE_SUFFIXES)
 
-_UNET = "model.diffusion_model."
 _VAE = ("first_stage_model.", "vae.")
 
 
@@ -244,7 +243,7 @@ def _vae_part(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _unet(state: Mapping[str, torch.Tensor], folder: Path, file: Path, dtype: torch.dtype) -> Any:
     from diffusers import UNet2DConditionModel
 
-    unet_state = _part(state, _UNET)
+    unet_state = _part(state, detect.UNET_PREFIX)
     return _convert(
         lambda: UNet2DConditionModel.from_single_file(
             unet_state, config=str(folder), subfolder="unet", torch_dtype=_dtype(dtype), local_files_only=True

@@ -38,7 +38,7 @@ SIGNATURES: dict[str, Signature] = {s.name: s for s in (*FAMILIES.values(), *REC
 _OTHER_CHECKPOINTS = {"conditioner.embedders.0.model.": "the SDXL refiner"}
 # Other families' VAEs, by latent channels, named in a mismatch.
 _OTHER_LATENTS = {16: "SD 3 or FLUX"}
-_UNET = "model.diffusion_model."
+UNET_PREFIX = "model.diffusion_model."  # the UNet's tensors in an original-layout checkpoint
 _DEFAULT = DEFAULT_FAMILY  # the family a test-sized model (no real widths) is taken for, if nothing tells
 
 
@@ -95,9 +95,9 @@ def checkpoint_file_family(path: str | Path) -> str:
 def checkpoint_family(shapes: Shapes, name: str = "the file") -> str:
     """The family of a whole original-layout checkpoint from its tensor names (and one shape);
     anything else is refused, by name where it is known."""
-    if not has_prefix(shapes, _UNET):
+    if not has_prefix(shapes, UNET_PREFIX):
         raise UnsampleError(ErrorCode.MODEL_INVALID, f"{name} is not a Stable Diffusion checkpoint: {seems(shapes)}")
-    in_channels = shapes.get(_UNET + "input_blocks.0.0.weight", (0, 4))[1]
+    in_channels = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight", (0, 4))[1]
     if in_channels != 4:
         raise unsupported(name, f"an inpainting or instruct-pix2pix checkpoint (its UNet takes {in_channels} channels)")
     for signature in SIGNATURES.values():
@@ -146,7 +146,7 @@ def _release(family: Family, shapes: Shapes) -> str:
 def seems(shapes: Shapes) -> str:
     """What a file that is not what was wanted seems to be, for the message."""
     keys = list(shapes)
-    if has_prefix(keys, _UNET):
+    if has_prefix(keys, UNET_PREFIX):
         return "it looks like a whole Stable Diffusion checkpoint"
     if any("lora" in key.lower() for key in keys):
         return "it looks like a LoRA"
